@@ -1,0 +1,243 @@
+"""Embedder: texts in, embeddings out. Every user path (Python API, CLI, server, eval) goes through here.
+
+encode() = task prefix -> tokenise -> sort by length -> token-budget batches -> encoder with one task id
+per row -> masked mean pooling in fp32 -> Matryoshka cut -> L2 normalise -> quantise -> input order.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import EncoderConfig
+from .encoder import Encoder
+from .lora import NO_TASK
+from .tokenizer import Tokenizer, TokenizerError
+
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+DEFAULT_MAX_LENGTH = 8192
+# Upper bound on padded tokens per forward pass; one 8192-token text still runs alone.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Masked mean over tokens, in fp32 whatever the compute dtype."""
+    hidden = hidden.float()
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def quantize(emb: np.ndarray, precision: str) -> np.ndarray:
+    """float32 -> the requested precision.
+
+    binary/ubinary are sentence-transformers' packed sign bits (bit = value > 0, 8 dims per byte, binary
+    offset by -128 into int8). int8/uint8 use a fixed scale for unit vectors (components in [-1, 1]), so the
+    same text always gets the same code whatever else is in the batch.
+    """
+    if precision == "float32":
+        return emb.astype(np.float32, copy=False)
+    if precision == "float16":
+        return emb.astype(np.float16)
+    if precision == "int8":
+        return np.clip(np.rint(emb * 127.0), -127, 127).astype(np.int8)
+    if precision == "uint8":
+        return np.clip(np.rint((emb + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    bits = np.packbits(emb > 0, axis=-1)
+    if precision == "ubinary":
+        return bits
+    return (bits.astype(np.int16) - 128).astype(np.int8)
+
+
+class Embedder:
+    """One loaded model: encoder + tokenizer + config. Build it with `taskembed.load(path)`."""
+
+    def __init__(self, model: Encoder, tokenizer: Tokenizer, path: str | Path | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config: EncoderConfig = model.config
+        self.path = Path(path) if path is not None else None
+        tokenizer.check_model(self.config.vocab_size, self.config.pad_token_id)
+        self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
+        self._warned_no_task = False
+
+    # --- facts -------------------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.config.lora_adaptations)
+
+    @property
+    def dimensions(self) -> list[int]:
+        """Allowed output sizes: the Matryoshka dims and the full width."""
+        return sorted(set(self.config.matryoshka_dimensions) | {self.config.hidden_size})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Embedder:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def count_tokens(self, texts: Sequence[str], task: str | Sequence[str | None] | None = None) -> list[int]:
+        texts, _ = self._prepare(texts, task)
+        return self.tokenizer.count_tokens(texts)
+
+    def save(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
+        """Write the official layout (config.json, model.safetensors, tokenizer.json) to `path`."""
+        from .checkpoint import MAX_SHARD_BYTES, save
+
+        save(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes or MAX_SHARD_BYTES)
+
+    # --- validation --------------------------------------------------------------------------------
+
+    def _task_index(self, task: str | None) -> int:
+        if task is None:
+            return NO_TASK
+        if not isinstance(task, str) or task not in self.config.lora_adaptations:
+            raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(self.tasks)} (or None)")
+        return self.config.lora_adaptations.index(task)
+
+    def _check_dimensions(self, dimensions: int | None) -> int:
+        if dimensions is None:
+            return self.config.truncate_dim or self.config.hidden_size
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer):
+            raise ValueError(f"dimensions must be an int, got {type(dimensions).__name__}")
+        if int(dimensions) not in self.dimensions:
+            raise ValueError(f"dimensions={dimensions} not allowed; allowed: {self.dimensions}")
+        return int(dimensions)
+
+    def _prepare(
+        self, texts: Sequence[str], task: str | Sequence[str | None] | None
+    ) -> tuple[list[str], list[int]]:
+        """Validate inputs; return prefixed texts and one task index per text."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, not one string (wrap it: [text])")
+        if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+            raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty: give at least one string")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(
+                f"texts must all be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}"
+            )
+        if task is None or isinstance(task, str):
+            tasks = [task] * len(texts)
+        else:
+            tasks = list(task)
+            if len(tasks) != len(texts):
+                raise ValueError(f"got {len(tasks)} tasks for {len(texts)} texts; give one task per text")
+        ids = [self._task_index(t) for t in tasks]
+        instr = self.config.task_instructions
+        prefixed = [
+            (instr.get(t, "") + x) if t is not None else x for t, x in zip(tasks, texts, strict=True)
+        ]
+        return prefixed, ids
+
+    # --- batching ----------------------------------------------------------------------------------
+
+    def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Indices sorted by length (longest first), cut into batches within the token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches, cur, cur_max = [], [], 0
+        for i in order:
+            new_max = max(cur_max, lengths[i])
+            if cur and (len(cur) >= batch_size or new_max * (len(cur) + 1) > self.max_batch_tokens):
+                batches.append(cur)
+                cur, new_max = [], lengths[i]
+            cur.append(i)
+            cur_max = new_max
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _forward_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+        """One padded forward pass; returns fp32 pooled vectors (B, H)."""
+        device = self.device
+        n = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), n), self.config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for r, x in enumerate(ids):
+            input_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[r, : len(x)] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        tids = torch.tensor(task_ids, dtype=torch.long, device=device)
+        hidden = self.model(input_ids, mask, tids)
+        if self.config.emb_pooler == "cls":
+            return hidden[:, 0].float()
+        return mean_pool(hidden, mask)
+
+    # --- the public call ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        task: str | Sequence[str | None] | None = None,
+        dimensions: int | None = None,
+        batch_size: int = 32,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        normalize: bool = True,
+        precision: str = "float32",
+        show_progress: bool = False,
+        truncate: bool = True,
+    ) -> np.ndarray:
+        """Embed `texts` (in input order) -> array (n, dimensions).
+
+        task: one task name for all texts, one per text (mixed tasks share forward passes), or None for
+        the base weights (warns once). The task's instruction prefix is prepended. dimensions: one of
+        `self.dimensions` (Matryoshka cut, then L2 normalisation). precision: float32, float16, int8,
+        uint8, binary or ubinary (packed bits: dimensions / 8 bytes per vector).
+        """
+        prefixed, task_ids = self._prepare(texts, task)
+        dim = self._check_dimensions(dimensions)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if precision in ("int8", "uint8") and not normalize:
+            raise ValueError(f"precision={precision} uses a fixed scale for unit vectors; needs normalize=True")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(max_length, int) or max_length < self.tokenizer.num_special + 1:
+            raise ValueError(f"max_length must be an int >= {self.tokenizer.num_special + 1}, got {max_length!r}")
+        if max_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        if NO_TASK in task_ids and not self._warned_no_task:
+            self._warned_no_task = True
+            warnings.warn(
+                f"no task given: the base weights are used and no adapter is active; pass task= one of "
+                f"{self.tasks} for task-tuned embeddings",
+                stacklevel=3,
+            )
+        try:
+            enc = self.tokenizer.encode(prefixed, max_length=max_length, truncate=truncate)
+        except TokenizerError as e:
+            raise ValueError(str(e)) from None
+
+        out = torch.empty((len(prefixed), self.config.hidden_size), dtype=torch.float32)
+        batches = self._batches([len(x) for x in enc.ids], batch_size)
+        for bi, batch in enumerate(batches):
+            pooled = self._forward_pooled([enc.ids[i] for i in batch], [task_ids[i] for i in batch])
+            out[torch.tensor(batch)] = pooled.cpu()
+            if show_progress:
+                print(f"\rencode: batch {bi + 1}/{len(batches)}", end="", file=sys.stderr, flush=True)
+        if show_progress:
+            print(file=sys.stderr)
+        out = out[:, :dim]
+        if normalize:
+            out = torch.nn.functional.normalize(out, p=2, dim=-1)
+        return quantize(out.numpy(), precision)

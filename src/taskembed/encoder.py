@@ -1,0 +1,224 @@
+"""The encoder of jina-embeddings-v3, top to bottom as the paper describes it.
+
+XLM-RoBERTa with its learned absolute positions removed and rotary positions added to every attention
+layer (NeoX "rotate half" layout, full head dim). Post-LayerNorm blocks, fused QKV, exact GELU MLP.
+Every Linear and Embedding carries stacked task LoRA factors; each input row picks its adapter through
+`task_ids` (-1 = base weights). Module names follow the official checkpoint, so the state dict maps onto
+it one to one (see checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import EncoderConfig
+from .lora import LoRAEmbedding, LoRALinear, merge_task
+
+
+def _act(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.relu
+
+
+# --- 1. Embeddings: word + token type, no positions (rotary lives in attention) --------------------
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
+        self.word_embeddings = LoRAEmbedding(cfg.vocab_size, cfg.hidden_size, n_tasks, r, a, cfg.pad_token_id)
+        self.token_type_embeddings = LoRAEmbedding(cfg.type_vocab_size, cfg.hidden_size, n_tasks, r, a)
+
+    def forward(self, input_ids: Tensor, task_ids: Tensor | None) -> Tensor:
+        token_type = torch.zeros_like(input_ids)
+        return self.word_embeddings(input_ids, task_ids) + self.token_type_embeddings(token_type, task_ids)
+
+
+# --- 2. Rotary position embedding ----------------------------------------------------------------
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for positions 0..L-1, computed in fp32 and cached per (length, device, dtype).
+
+    Kept out of the state dict on purpose: the official checkpoint has no rotary buffers, and the base
+    is a run-time choice (10000 for training, 20000 for inference).
+    """
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def set_base(self, base: float) -> None:
+        self.base = base
+        self._cache.clear()
+
+    def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        key = (device, dtype)
+        hit = self._cache.get(key)
+        if hit is None or hit[0].shape[0] < length:
+            n = max(length, 512)
+            inv_freq = 1.0 / (
+                self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)
+            )
+            t = torch.arange(n, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, inv_freq)
+            hit = (torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype))
+            self._cache[key] = hit
+        return hit[0][:length], hit[1][:length]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Rotate x of shape (B, H, L, D): x*cos + rotate_half(x)*sin, halves not interleaved."""
+        cos, sin = self.tables(x.shape[-2], x.device, x.dtype)
+        cos = torch.cat((cos, cos), dim=-1)
+        sin = torch.cat((sin, sin), dim=-1)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# --- 3. Attention: fused QKV, rotary on Q and K, SDPA with a key-padding mask ---------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
+        super().__init__()
+        n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.Wqkv = LoRALinear(cfg.hidden_size, 3 * cfg.hidden_size, n_tasks, r, a, dropout=cfg.lora_dropout_p)
+        self.out_proj = LoRALinear(cfg.hidden_size, cfg.hidden_size, n_tasks, r, a, dropout=cfg.lora_dropout_p)
+        self.dropout_p = cfg.attention_probs_dropout_prob
+        self.rotary = rotary
+
+    def forward(self, x: Tensor, key_mask: Tensor | None, task_ids: Tensor | None) -> Tensor:
+        b, n, _ = x.shape
+        # Output rows are laid out (3, heads, head_dim): Q block, then K, then V.
+        qkv = self.Wqkv(x, task_ids).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.rotary(q), self.rotary(k)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )
+        out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        return self.out_proj(out, task_ids)
+
+
+# --- 4. MLP and the post-LN block ------------------------------------------------------------------
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
+        self.fc1 = LoRALinear(cfg.hidden_size, cfg.intermediate_size, n_tasks, r, a, dropout=cfg.lora_dropout_p)
+        self.fc2 = LoRALinear(cfg.intermediate_size, cfg.hidden_size, n_tasks, r, a, dropout=cfg.lora_dropout_p)
+        self.act = _act(cfg.hidden_act)
+
+    def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        return self.fc2(self.act(self.fc1(x, task_ids)), task_ids)
+
+
+class Block(nn.Module):
+    """h = LN(x + Attn(x)); y = LN(h + MLP(h)): BERT's post-LN order."""
+
+    def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
+        super().__init__()
+        self.mixer = Attention(cfg, rotary)
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = Mlp(cfg)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None, task_ids: Tensor | None) -> Tensor:
+        x = self.norm1(x + self.dropout(self.mixer(x, key_mask, task_ids)))
+        return self.norm2(x + self.dropout(self.mlp(x, task_ids)))
+
+
+class Layers(nn.Module):
+    def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Block(cfg, rotary) for _ in range(cfg.num_hidden_layers))
+
+
+class Pooler(nn.Module):
+    """tanh(dense(first token)): in the official checkpoint and LoRA-wrapped, unused for embeddings."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
+        self.dense = LoRALinear(cfg.hidden_size, cfg.hidden_size, n_tasks, r, a)
+
+    def forward(self, hidden: Tensor, task_ids: Tensor | None) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0], task_ids))
+
+
+# --- 5. The encoder --------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """input ids (B, L) + attention mask (B, L) + task ids (B,) -> last hidden states (B, L, H)."""
+
+    def __init__(self, cfg: EncoderConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__()
+        self.config = cfg
+        self.rotary = Rotary(cfg.head_dim, cfg.rotary_emb_base)
+        self.embeddings = Embeddings(cfg)
+        self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.emb_drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.encoder = Layers(cfg, self.rotary)
+        self.pooler = Pooler(cfg) if add_pooling_layer else None
+        self.gradient_checkpointing = False
+
+    @property
+    def rotary_emb_base(self) -> float:
+        return self.rotary.base
+
+    @rotary_emb_base.setter
+    def rotary_emb_base(self, base: float) -> None:
+        self.rotary.set_base(base)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        task_ids: Tensor | None = None,
+    ) -> Tensor:
+        if task_ids is not None:
+            task_ids = task_ids.to(device=input_ids.device, dtype=torch.long)
+        x = self.emb_drop(self.emb_ln(self.embeddings(input_ids, task_ids)))
+        key_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # Boolean (B, 1, 1, L): padded keys are never attended to. Padded query rows still get
+            # finite values, and pooling ignores them.
+            key_mask = attention_mask.bool()[:, None, None, :]
+        for block in self.encoder.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, key_mask, task_ids, use_reentrant=False)
+            else:
+                x = block(x, key_mask, task_ids)
+        return x
+
+    def merged(self, task: int) -> Encoder:
+        """A copy with adapter `task` folded into the weights; run it with task_ids=None."""
+        clone = copy.deepcopy(self)
+        merge_task(clone, task)
+        return clone
+
+    def num_parameters(self) -> dict[str, int]:
+        lora = sum(
+            m.lora_A.numel() + m.lora_B.numel()
+            for m in self.modules()
+            if isinstance(m, LoRALinear | LoRAEmbedding)
+        )
+        total = sum(p.numel() for p in self.parameters())
+        n_tasks = len(self.config.lora_adaptations)
+        return {"base": total - lora, "per_adapter": lora // max(n_tasks, 1), "adapters": lora, "total": total}

@@ -1,0 +1,170 @@
+"""Task LoRA: stacked low-rank factors, one slice per task, routed per input row.
+
+The official model wraps every nn.Linear and nn.Embedding with a parametrization that holds
+`lora_A` and `lora_B` with a leading task axis. For adapter t the effective weight is
+
+    Linear:    W + s * B[t] @ A[t]      A: (T, r, in),  B: (T, out, r)
+    Embedding: W + s * A[t] @ B[t]      A: (T, num, r), B: (T, r, dim)   (factor order swapped)
+
+with s = lora_alpha / lora_rank. Rather than materialising W + s*dW per row group as the official code
+does, we add the low-rank path x @ A^T @ B^T, which is the same sum and costs O(r) per token; rows whose
+task id is -1 get the base weights only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NO_TASK = -1
+
+
+def _rows_single_task(task_ids: Tensor | None) -> int | None:
+    """The one task id shared by every row, or None when the rows differ."""
+    if task_ids is None:
+        return NO_TASK
+    if task_ids.numel() == 0:
+        return NO_TASK
+    first = int(task_ids[0])
+    if bool((task_ids == first).all()):
+        return first
+    return None
+
+
+class LoRALinear(nn.Module):
+    """nn.Linear with stacked task factors; weight is (out, in) like nn.Linear."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_tasks: int,
+        rank: int,
+        alpha: float,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.scaling = alpha / rank
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.lora_A = nn.Parameter(torch.empty(num_tasks, rank, in_features))
+        self.lora_B = nn.Parameter(torch.empty(num_tasks, out_features, rank))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self.reset_lora()
+
+    def reset_lora(self, task: int | None = None) -> None:
+        """Official init: A kaiming-uniform, B zero, so the adapter starts as a no-op."""
+        tasks = range(self.lora_A.shape[0]) if task is None else [task]
+        with torch.no_grad():
+            for t in tasks:
+                nn.init.kaiming_uniform_(self.lora_A[t], a=math.sqrt(5))
+                self.lora_B[t].zero_()
+
+    def delta_weight(self, task: int) -> Tensor:
+        return self.scaling * (self.lora_B[task] @ self.lora_A[task])
+
+    def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        single = _rows_single_task(task_ids)
+        if single == NO_TASK:
+            return out
+        x = self.lora_dropout(x)
+        if single is not None:
+            return out + self.scaling * F.linear(F.linear(x, self.lora_A[single]), self.lora_B[single])
+        # Mixed tasks: gather each row's factors; rows without a task are zeroed after the fact.
+        # x is (B, L, in) here, task_ids (B,).
+        idx = task_ids.clamp(min=0)
+        xa = torch.bmm(x, self.lora_A[idx].transpose(1, 2))
+        delta = torch.bmm(xa, self.lora_B[idx].transpose(1, 2))
+        keep = (task_ids >= 0).to(delta.dtype).view(-1, 1, 1)
+        return out + self.scaling * delta * keep
+
+
+class LoRAEmbedding(nn.Module):
+    """nn.Embedding with stacked task factors (A: (T, num, r), B: (T, r, dim))."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        num_tasks: int,
+        rank: int,
+        alpha: float,
+        padding_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        self.scaling = alpha / rank
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        self.lora_A = nn.Parameter(torch.empty(num_tasks, num_embeddings, rank))
+        self.lora_B = nn.Parameter(torch.empty(num_tasks, rank, embedding_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        nn.init.normal_(self.weight)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].zero_()
+        self.reset_lora()
+
+    def reset_lora(self, task: int | None = None) -> None:
+        """Official init for embeddings: A zero, B standard normal."""
+        tasks = range(self.lora_A.shape[0]) if task is None else [task]
+        with torch.no_grad():
+            for t in tasks:
+                self.lora_A[t].zero_()
+                nn.init.normal_(self.lora_B[t])
+
+    def delta_weight(self, task: int) -> Tensor:
+        return self.scaling * (self.lora_A[task] @ self.lora_B[task])
+
+    def forward(self, ids: Tensor, task_ids: Tensor | None = None) -> Tensor:
+        out = F.embedding(ids, self.weight, self.padding_idx)
+        single = _rows_single_task(task_ids)
+        if single == NO_TASK:
+            return out
+        if single is not None:
+            return out + self.scaling * (F.embedding(ids, self.lora_A[single]) @ self.lora_B[single])
+        idx = task_ids.clamp(min=0)
+        a = self.lora_A[idx.unsqueeze(1), ids]  # (B, L, r)
+        delta = torch.bmm(a, self.lora_B[idx])  # (B, L, dim)
+        keep = (task_ids >= 0).to(delta.dtype).view(-1, 1, 1)
+        return out + self.scaling * delta * keep
+
+
+LORA_MODULES = (LoRALinear, LoRAEmbedding)
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """All task factors of a model, e.g. to train adapters on a frozen base."""
+    return [p for m in model.modules() if isinstance(m, LORA_MODULES) for p in (m.lora_A, m.lora_B)]
+
+
+def merge_task(model: nn.Module, task: int) -> None:
+    """Fold adapter `task` into the base weights in place (then run the model with task_ids=None).
+
+    Serving one task this way has no LoRA side path at all; the factors stay in place, so a merged model
+    must not be asked for other tasks (copy it first; see Encoder.merged).
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LORA_MODULES):
+                if not 0 <= task < m.lora_A.shape[0]:
+                    raise ValueError(f"task index {task} out of range 0..{m.lora_A.shape[0] - 1}")
+                m.weight += m.delta_weight(task).to(m.weight.dtype)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import taskembed  # noqa: E402
+from taskembed.tiny import make_tiny_embedder  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random model with all five adapters non-zero, saved in the official layout."""
+    d = tmp_path_factory.mktemp("tiny")
+    make_tiny_embedder(seed=0).save(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir) -> taskembed.Embedder:
+    return taskembed.load(tiny_dir)

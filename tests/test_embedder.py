@@ -1,0 +1,118 @@
+"""encode(): Matryoshka cut, normalisation, precisions, input validation, warnings."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from taskembed.tiny import make_tiny_embedder
+
+TEXTS = ["The cat sits on the warm windowsill.", "如何更改电子表格中的默认字体大小？", "Кошка сидит."]
+
+
+@pytest.mark.parametrize("dim", [8, 16, 32, 64])
+def test_matryoshka_cut_then_normalise(tiny, dim):
+    raw = tiny.encode(TEXTS, task="retrieval.query", normalize=False)
+    cut = tiny.encode(TEXTS, task="retrieval.query", dimensions=dim)
+    assert cut.shape == (3, dim)
+    want = raw[:, :dim] / np.linalg.norm(raw[:, :dim], axis=1, keepdims=True)
+    np.testing.assert_allclose(cut, want, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-6)
+
+
+def test_unnormalised_is_the_mean_of_hidden_states(tiny):
+    import torch
+
+    raw = tiny.encode(TEXTS[:1], task="separation", normalize=False)
+    ids = torch.tensor([tiny.tokenizer.encode(TEXTS[:1], 100).ids[0]])
+    with torch.no_grad():
+        hidden = tiny.model(ids, torch.ones_like(ids), torch.tensor([2]))
+    np.testing.assert_allclose(raw[0], hidden[0].mean(0).numpy(), atol=1e-6)
+
+
+def test_binary_precisions_pack_sign_bits(tiny):
+    f = tiny.encode(TEXTS, task="classification")
+    ub = tiny.encode(TEXTS, task="classification", precision="ubinary")
+    b = tiny.encode(TEXTS, task="classification", precision="binary")
+    assert ub.dtype == np.uint8 and ub.shape == (3, 8)
+    assert b.dtype == np.int8 and b.shape == (3, 8)
+    for r in range(3):
+        for byte in range(8):
+            # Big-endian bit order inside each byte, as np.packbits and sentence-transformers use.
+            want = sum(1 << (7 - k) for k in range(8) if f[r, byte * 8 + k] > 0)
+            assert ub[r, byte] == want
+            assert b[r, byte] == want - 128
+
+
+def test_int8_and_uint8_fixed_scale(tiny):
+    f = tiny.encode(TEXTS, task="text-matching", dimensions=32)
+    i8 = tiny.encode(TEXTS, task="text-matching", dimensions=32, precision="int8")
+    u8 = tiny.encode(TEXTS, task="text-matching", dimensions=32, precision="uint8")
+    assert i8.dtype == np.int8 and u8.dtype == np.uint8
+    assert np.abs(i8 / 127.0 - f).max() <= 0.5 / 127 + 1e-6
+    assert np.abs(u8 / 127.5 - 1.0 - f).max() <= 0.5 / 127.5 + 1e-6
+    # Same text, same code, whatever else is in the call.
+    np.testing.assert_array_equal(tiny.encode(TEXTS[:1], task="text-matching", dimensions=32, precision="int8")[0],
+                                  i8[0])
+
+
+def test_float16_precision(tiny):
+    f = tiny.encode(TEXTS, task="text-matching")
+    h = tiny.encode(TEXTS, task="text-matching", precision="float16")
+    assert h.dtype == np.float16
+    np.testing.assert_allclose(h.astype(np.float32), f, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(texts=[], task="separation"), "empty"),
+        (dict(texts="one string", task="separation"), "not one string"),
+        (dict(texts=["ok", 3], task="separation"), "item 1 is int"),
+        (dict(texts=["ok", None], task="separation"), "item 1 is NoneType"),
+        (dict(texts=["ok"], task="retrieval"), "unknown task 'retrieval'; allowed tasks: retrieval.query"),
+        (dict(texts=["ok"], task=["separation", "separation"]), "2 tasks for 1 texts"),
+        (dict(texts=["ok"], task="separation", dimensions=10), r"dimensions=10 not allowed; allowed: \[8, 16"),
+        (dict(texts=["ok"], task="separation", dimensions=0), "not allowed"),
+        (dict(texts=["ok"], task="separation", dimensions="32"), "must be an int"),
+        (dict(texts=["ok"], task="separation", precision="int4"), "unknown precision 'int4'"),
+        (dict(texts=["ok"], task="separation", precision="int8", normalize=False), "needs normalize=True"),
+        (dict(texts=["ok"], task="separation", batch_size=0), "batch_size"),
+        (dict(texts=["ok"], task="separation", max_length=100_000), "max_position_embeddings"),
+        (dict(texts=["ok " * 50], task="separation", max_length=10, truncate=False), "truncation is off"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(tiny, kwargs, message):
+    texts = kwargs.pop("texts")
+    with pytest.raises(ValueError, match=message):
+        tiny.encode(texts, **kwargs)
+
+
+def test_no_task_warns_once():
+    emb = make_tiny_embedder(seed=3)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        emb.encode(["a"])
+        emb.encode(["b"])
+        emb.encode(["c"], task="separation")
+    msgs = [str(x.message) for x in w if "no adapter is active" in str(x.message)]
+    assert len(msgs) == 1
+
+
+def test_instruction_prefix_is_prepended(tiny):
+    q = tiny.encode(["cat"], task="retrieval.query")
+    manual = tiny.encode(["Represent the query for retrieving evidence documents: cat"], task=None)
+    assert np.abs(q - manual).max() > 1e-3  # adapter differs from base...
+    # ...but the tokens are the prefixed ones:
+    assert tiny.count_tokens(["cat"], task="retrieval.query") == tiny.count_tokens(
+        ["Represent the query for retrieving evidence documents: cat"]
+    )
+
+
+def test_output_in_input_order(tiny):
+    texts = ["a", "a much longer text than the first one " * 3, "mid length text"]
+    together = tiny.encode(texts, task="separation")
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(together[i], tiny.encode([t], task="separation")[0], atol=1e-5)

@@ -1,0 +1,124 @@
+"""The encoder, the LoRA routing and encode() against the naive reference in reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reference import Reference
+
+import taskembed
+from taskembed.config import EncoderConfig
+from taskembed.encoder import Encoder
+
+TEXTS = [
+    "The cat sits on the warm windowsill.",
+    "Wie ändere ich die Standardschriftgröße?",
+    "如何更改电子表格中的默认字体大小？",
+    "бит",
+    "How do I change the default font size in a spreadsheet? " * 6,
+]
+ALL_TASKS = [*taskembed.TASKS, None]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dir) -> Reference:
+    return Reference(tiny_dir)
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_encode_matches_reference(tiny, ref, task):
+    # One padded batch of different lengths through the package, one text at a time through the reference.
+    got = tiny.encode(TEXTS, task=task)
+    want = np.stack([ref.embed(t, task) for t in TEXTS])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_adapters_differ_from_each_other_and_base(tiny):
+    vecs = [tiny.encode(TEXTS[:2], task=t) for t in ALL_TASKS]
+    for i in range(len(vecs)):
+        for j in range(i + 1, len(vecs)):
+            assert np.abs(vecs[i] - vecs[j]).max() > 1e-3, (ALL_TASKS[i], ALL_TASKS[j])
+
+
+def test_mixed_tasks_equal_per_task_calls(tiny):
+    tasks = ["retrieval.query", "retrieval.passage", "separation", None, "text-matching",
+             "classification", "retrieval.query"]
+    texts = [TEXTS[i % len(TEXTS)] for i in range(len(tasks))]
+    mixed = tiny.encode(texts, task=tasks)
+    for i, (text, task) in enumerate(zip(texts, tasks, strict=True)):
+        np.testing.assert_allclose(mixed[i], tiny.encode([text], task=task)[0], atol=1e-5)
+
+
+def test_mixed_forward_rows_match_single_task_forward(tiny):
+    ids = torch.tensor([[0, 10, 11, 12, 2], [0, 20, 21, 2, 1], [0, 30, 2, 1, 1]])
+    mask = (ids != 1).long()
+    mask[:, 0] = 1
+    tids = torch.tensor([0, -1, 4])
+    with torch.no_grad():
+        mixed = tiny.model(ids, mask, tids)
+        for r in range(3):
+            one = tiny.model(ids[r: r + 1], mask[r: r + 1], tids[r: r + 1])
+            n = int(mask[r].sum())
+            torch.testing.assert_close(mixed[r, :n], one[0, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", range(5))
+def test_merged_equals_unmerged(tiny, task):
+    ids = torch.tensor([[0, 10, 11, 12, 2], [0, 20, 21, 2, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        unmerged = tiny.model(ids, mask, torch.tensor([task, task]))
+        merged = tiny.model.merged(task)(ids, mask, None)
+        base = tiny.model(ids, mask, None)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+    assert (base - unmerged).abs().max() > 1e-3  # the adapter does something
+
+
+def test_padding_does_not_change_results(tiny):
+    alone = tiny.encode([TEXTS[0]], task="separation")
+    with_long = tiny.encode([TEXTS[0], TEXTS[4]], task="separation")
+    np.testing.assert_allclose(alone[0], with_long[0], atol=1e-5)
+
+
+def test_token_budget_splits_batches(tiny):
+    texts = [TEXTS[4]] * 3 + [TEXTS[3]] * 5
+    lengths = tiny.count_tokens(texts)
+    tiny.max_batch_tokens = max(lengths)  # forces the long texts into batches of one
+    try:
+        batches = tiny._batches(lengths, batch_size=32)
+        assert all(max(lengths[i] for i in b) * len(b) <= max(lengths) for b in batches)
+        small = tiny.encode(texts, task="text-matching")
+    finally:
+        tiny.max_batch_tokens = taskembed.embedder.DEFAULT_MAX_BATCH_TOKENS
+    np.testing.assert_allclose(small, tiny.encode(texts, task="text-matching"), atol=1e-5)
+
+
+def test_rotary_base_matters_and_is_settable(tiny):
+    a = tiny.encode(TEXTS[:1], task="separation")
+    tiny.model.rotary_emb_base = 10000.0
+    try:
+        b = tiny.encode(TEXTS[:1], task="separation")
+    finally:
+        tiny.model.rotary_emb_base = tiny.config.rotary_emb_base
+    assert np.abs(a - b).max() > 1e-4
+    np.testing.assert_allclose(a, tiny.encode(TEXTS[:1], task="separation"), atol=1e-6)
+
+
+def test_truncation_keeps_closing_token(tiny):
+    enc = tiny.tokenizer.encode([TEXTS[4]], max_length=10)
+    assert len(enc.ids[0]) == 10
+    assert enc.ids[0][0] == tiny.tokenizer.cls_id and enc.ids[0][-1] == tiny.tokenizer.sep_id
+    full = tiny.tokenizer.encode([TEXTS[4]], max_length=10_000).ids[0]
+    assert enc.ids[0][:9] == full[:9]
+
+
+def test_full_size_parameter_counts():
+    # The official 24-layer model, built on the meta device (no memory): the spec's 559,364,096 base
+    # parameters (with pooler) and 2,589,260 per adapter.
+    with torch.device("meta"):
+        model = Encoder(EncoderConfig())
+    counts = model.num_parameters()
+    assert counts["base"] == 559_364_096
+    assert counts["per_adapter"] == 2_589_260
+    assert counts["total"] == 572_310_396
