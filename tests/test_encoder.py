@@ -122,3 +122,27 @@ def test_full_size_parameter_counts():
     assert counts["base"] == 559_364_096
     assert counts["per_adapter"] == 2_589_260
     assert counts["total"] == 572_310_396
+
+
+def test_add_task_keeps_other_adapters_and_round_trips(tiny_dir, tmp_path):
+    emb = taskembed.load(tiny_dir)
+    before = {t: emb.encode(TEXTS[:2], task=t) for t in ALL_TASKS}
+    idx = emb.model.add_task("legal.query", "Represent the legal question: ")
+    assert idx == 5 and emb.tasks[-1] == "legal.query"
+    # A fresh slot is a no-op: same as the base weights, but with the instruction prefix.
+    np.testing.assert_allclose(emb.encode(["x"], task="legal.query"),
+                               emb.encode(["Represent the legal question: x"]), atol=1e-6)
+    with torch.no_grad():  # pretend training changed it
+        for m in emb.model.modules():
+            if hasattr(m, "lora_A"):
+                m.lora_A[idx].normal_()
+                m.lora_B[idx].normal_()
+    for t in ALL_TASKS:
+        np.testing.assert_allclose(emb.encode(TEXTS[:2], task=t), before[t], atol=1e-6)
+    emb.save(tmp_path / "six")
+    again = taskembed.load(tmp_path / "six")
+    assert again.tasks == [*taskembed.TASKS, "legal.query"]
+    np.testing.assert_allclose(again.encode(TEXTS, task="legal.query"), emb.encode(TEXTS, task="legal.query"),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="already exists"):
+        again.model.add_task("separation")

@@ -89,10 +89,37 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="model directory")
     i.add_argument("--json", action="store_true", help="also print the whole config")
     i.set_defaults(func=cmd_info)
+    for name, (_, _, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
+# Subcommands whose parsers live beside their code: "name": ("module", "function", "help").
+DELEGATED = {
+    "serve": ("taskembed.serve.cli", "main", "run the HTTP embedding server (extra [serve])"),
+    "eval": ("taskembed.eval.cli", "eval_main", "evaluate models on the held-out suite (extra [eval])"),
+    "train": ("taskembed.train.cli", "main", "train: mlm | pairs | adapters (extra [train])"),
+    "convert": ("taskembed.train.convert", "main", "convert an absolute-position XLM-R/BERT checkpoint"),
+}
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module, func, _ = DELEGATED[name]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        print(f"error: `taskembed {name}` is not available: {e.name} is missing "
+              "(install the matching extra, e.g. pip install 'taskembed[serve]')", file=sys.stderr)
+        return 2
+    return getattr(mod, func)(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

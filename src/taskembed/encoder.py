@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import EncoderConfig
-from .lora import LoRAEmbedding, LoRALinear, merge_task
+from .lora import LORA_MODULES, LoRAEmbedding, LoRALinear, add_slot, merge_task
 
 
 def _act(name: str):
@@ -212,6 +212,23 @@ class Encoder(nn.Module):
         clone = copy.deepcopy(self)
         merge_task(clone, task)
         return clone
+
+    def add_task(self, name: str, instruction: str = "") -> int:
+        """Add a new task adapter slot (a no-op until trained); returns its task index.
+
+        The stacked factors grow by one along the task axis, so the model saves and loads in the official
+        layout with one more entry in `lora_adaptations`.
+        """
+        if not name or not isinstance(name, str):
+            raise ValueError("a task needs a non-empty name")
+        if name in self.config.lora_adaptations:
+            raise ValueError(f"task {name!r} already exists; tasks: {self.config.lora_adaptations}")
+        for m in self.modules():
+            if isinstance(m, LORA_MODULES):
+                index = add_slot(m)
+        self.config.lora_adaptations.append(name)
+        self.config.task_instructions[name] = instruction
+        return index
 
     def num_parameters(self) -> dict[str, int]:
         lora = sum(

@@ -151,6 +151,16 @@ class LoRAEmbedding(nn.Module):
 LORA_MODULES = (LoRALinear, LoRAEmbedding)
 
 
+def add_slot(module: LoRALinear | LoRAEmbedding) -> int:
+    """Append one task slot to the stacked factors, initialised as a no-op like the official init."""
+    a, b = module.lora_A, module.lora_B
+    module.lora_A = nn.Parameter(torch.cat([a.data, a.data.new_empty((1, *a.shape[1:]))]), a.requires_grad)
+    module.lora_B = nn.Parameter(torch.cat([b.data, b.data.new_empty((1, *b.shape[1:]))]), b.requires_grad)
+    index = module.lora_A.shape[0] - 1
+    module.reset_lora(index)
+    return index
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """All task factors of a model, e.g. to train adapters on a frozen base."""
     return [p for m in model.modules() if isinstance(m, LORA_MODULES) for p in (m.lora_A, m.lora_B)]
