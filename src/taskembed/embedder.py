@@ -64,6 +64,8 @@ class Embedder:
         self.path = Path(path) if path is not None else None
         tokenizer.check_model(self.config.vocab_size, self.config.pad_token_id)
         self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
+        # Packed (unpadded) forward passes by default; False runs padded batches as the official code does.
+        self.packed = True
         self._warned_no_task = False
 
     # --- facts -------------------------------------------------------------------------------------
@@ -149,22 +151,50 @@ class Embedder:
     # --- batching ----------------------------------------------------------------------------------
 
     def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
-        """Indices sorted by length (longest first), cut into batches within the token budget."""
+        """Indices sorted by length (longest first), cut into batches within the token budget.
+
+        The budget counts padded tokens (rows x longest) for padded batches and real tokens when packed.
+        """
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches, cur, cur_max = [], [], 0
+        batches, cur, cur_max, cur_sum = [], [], 0, 0
         for i in order:
-            new_max = max(cur_max, lengths[i])
-            if cur and (len(cur) >= batch_size or new_max * (len(cur) + 1) > self.max_batch_tokens):
+            new_max, new_sum = max(cur_max, lengths[i]), cur_sum + lengths[i]
+            cost = new_sum if self.packed else new_max * (len(cur) + 1)
+            if cur and (len(cur) >= batch_size or cost > self.max_batch_tokens):
                 batches.append(cur)
-                cur, new_max = [], lengths[i]
+                cur, new_max, new_sum = [], lengths[i], lengths[i]
             cur.append(i)
-            cur_max = new_max
+            cur_max, cur_sum = new_max, new_sum
         if cur:
             batches.append(cur)
         return batches
 
     def _forward_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
-        """One padded forward pass; returns fp32 pooled vectors (B, H)."""
+        """One forward pass over a batch; returns fp32 pooled vectors (B, H) in the batch's order."""
+        if self.packed:
+            return self._forward_packed_pooled(ids, task_ids)
+        return self._forward_padded_pooled(ids, task_ids)
+
+    def _forward_packed_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+        device = self.device
+        # Rows of one task side by side, so each adapter covers one contiguous token range.
+        order = sorted(range(len(ids)), key=lambda r: task_ids[r])
+        seqlens = [len(ids[r]) for r in order]
+        flat = torch.tensor([tok for r in order for tok in ids[r]], dtype=torch.long, device=device)
+        hidden = self.model.forward_packed(flat, seqlens, [task_ids[r] for r in order]).float()
+        lens = torch.tensor(seqlens, device=device)
+        if self.config.emb_pooler == "cls":
+            starts = torch.cumsum(lens, 0) - lens
+            pooled = hidden[starts]
+        else:
+            seg = torch.repeat_interleave(torch.arange(len(ids), device=device), lens)
+            pooled = torch.zeros((len(ids), hidden.shape[1]), device=device).index_add_(0, seg, hidden)
+            pooled = pooled / lens.unsqueeze(1).float()
+        out = torch.empty_like(pooled)
+        out[torch.tensor(order, device=device)] = pooled
+        return out
+
+    def _forward_padded_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
         device = self.device
         n = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), n), self.config.pad_token_id, dtype=torch.long)

@@ -10,6 +10,7 @@ it one to one (see checkpoint.py).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,36 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import EncoderConfig
-from .lora import LORA_MODULES, LoRAEmbedding, LoRALinear, add_slot, merge_task
+from .lora import LORA_MODULES, NO_TASK, LoRAEmbedding, LoRALinear, Spans, add_slot, merge_task
+
+
+@dataclass
+class Packed:
+    """Sequences laid end to end on one token axis, with no padding anywhere.
+
+    Linear layers then see only real tokens, and attention runs per sequence without a mask (so PyTorch
+    can pick its flash / memory-efficient kernels and never builds an L x L mask).
+    """
+
+    seqlens: list[int]
+    offsets: Tensor  # (N + 1,) start of each sequence, then the total
+    positions: Tensor  # (T,) rotary position of each token, restarting at 0 per sequence
+    spans: Spans  # (task, start, end): token ranges that share one adapter
+
+    @classmethod
+    def build(cls, seqlens: list[int], tasks: list[int], device: torch.device) -> Packed:
+        offsets = [0]
+        for n in seqlens:
+            offsets.append(offsets[-1] + n)
+        positions = torch.cat([torch.arange(n, device=device) for n in seqlens])
+        spans: Spans = []
+        for i, t in enumerate(tasks):
+            s, e = offsets[i], offsets[i + 1]
+            if spans and spans[-1][0] == t and spans[-1][2] == s:
+                spans[-1] = (t, spans[-1][1], e)
+            else:
+                spans.append((t, s, e))
+        return cls(list(seqlens), torch.tensor(offsets, device=device), positions, spans)
 
 
 def _act(name: str):
@@ -38,7 +68,7 @@ class Embeddings(nn.Module):
         self.word_embeddings = LoRAEmbedding(cfg.vocab_size, cfg.hidden_size, n_tasks, r, a, cfg.pad_token_id)
         self.token_type_embeddings = LoRAEmbedding(cfg.type_vocab_size, cfg.hidden_size, n_tasks, r, a)
 
-    def forward(self, input_ids: Tensor, task_ids: Tensor | None) -> Tensor:
+    def forward(self, input_ids: Tensor, task_ids: Tensor | Spans | None) -> Tensor:
         token_type = torch.zeros_like(input_ids)
         return self.word_embeddings(input_ids, task_ids) + self.token_type_embeddings(token_type, task_ids)
 
@@ -77,9 +107,16 @@ class Rotary(nn.Module):
             self._cache[key] = hit
         return hit[0][:length], hit[1][:length]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Rotate x of shape (B, H, L, D): x*cos + rotate_half(x)*sin, halves not interleaved."""
-        cos, sin = self.tables(x.shape[-2], x.device, x.dtype)
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """x*cos + rotate_half(x)*sin, halves not interleaved.
+
+        x is (B, H, L, D) with positions 0..L-1, or packed (T, H, D) with the given per-token positions.
+        """
+        if positions is None:
+            cos, sin = self.tables(x.shape[-2], x.device, x.dtype)
+        else:
+            cos, sin = self.tables(int(positions.max()) + 1, x.device, x.dtype)
+            cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
         cos = torch.cat((cos, cos), dim=-1)
         sin = torch.cat((sin, sin), dim=-1)
         x1, x2 = x.chunk(2, dim=-1)
@@ -90,6 +127,9 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
+    # Packed attention through jagged nested tensors: None = on CUDA only (a per-sequence loop on CPU).
+    nested_attention: bool | None = None
+
     def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
         super().__init__()
         n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
@@ -99,7 +139,9 @@ class Attention(nn.Module):
         self.dropout_p = cfg.attention_probs_dropout_prob
         self.rotary = rotary
 
-    def forward(self, x: Tensor, key_mask: Tensor | None, task_ids: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | Packed | None, task_ids: Tensor | Spans | None) -> Tensor:
+        if isinstance(key_mask, Packed):
+            return self._forward_packed(x, key_mask)
         b, n, _ = x.shape
         # Output rows are laid out (3, heads, head_dim): Q block, then K, then V.
         qkv = self.Wqkv(x, task_ids).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -110,6 +152,30 @@ class Attention(nn.Module):
         )
         out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.out_proj(out, task_ids)
+
+    def _forward_packed(self, x: Tensor, packed: Packed) -> Tensor:
+        t = x.shape[0]
+        q, k, v = self.Wqkv(x, packed.spans).view(t, 3, self.num_heads, self.head_dim).unbind(1)
+        q, k = self.rotary(q, packed.positions), self.rotary(k, packed.positions)
+        dropout = self.dropout_p if self.training else 0.0
+        if self.nested_attention if self.nested_attention is not None else x.is_cuda:
+            # Jagged nested tensors reach the varlen flash / memory-efficient kernels in one call.
+            def jag(z: Tensor) -> Tensor:
+                return torch.nested.nested_tensor_from_jagged(z.contiguous(), packed.offsets).transpose(1, 2)
+
+            out = F.scaled_dot_product_attention(jag(q), jag(k), jag(v), dropout_p=dropout)
+            out = out.transpose(1, 2).values()
+        else:
+            # On CPU one unmasked call per sequence takes the flash kernel; its cost is per token anyway.
+            outs, start = [], 0
+            for n in packed.seqlens:
+                sl = slice(start, start + n)
+                outs.append(F.scaled_dot_product_attention(
+                    q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), dropout_p=dropout
+                ).transpose(0, 1))
+                start += n
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return self.out_proj(out.reshape(t, self.num_heads * self.head_dim), packed.spans)
 
 
 # --- 4. MLP and the post-LN block ------------------------------------------------------------------
@@ -123,7 +189,7 @@ class Mlp(nn.Module):
         self.fc2 = LoRALinear(cfg.intermediate_size, cfg.hidden_size, n_tasks, r, a, dropout=cfg.lora_dropout_p)
         self.act = _act(cfg.hidden_act)
 
-    def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, task_ids: Tensor | Spans | None) -> Tensor:
         return self.fc2(self.act(self.fc1(x, task_ids)), task_ids)
 
 
@@ -138,7 +204,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None, task_ids: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | Packed | None, task_ids: Tensor | Spans | None) -> Tensor:
         x = self.norm1(x + self.dropout(self.mixer(x, key_mask, task_ids)))
         return self.norm2(x + self.dropout(self.mlp(x, task_ids)))
 
@@ -200,11 +266,26 @@ class Encoder(nn.Module):
             # Boolean (B, 1, 1, L): padded keys are never attended to. Padded query rows still get
             # finite values, and pooling ignores them.
             key_mask = attention_mask.bool()[:, None, None, :]
+        return self._blocks(x, key_mask, task_ids)
+
+    def forward_packed(self, input_ids: Tensor, seqlens: list[int], tasks: list[int]) -> Tensor:
+        """Unpadded forward: input_ids (T,) holds the sequences end to end; tasks has one id per sequence.
+
+        Returns hidden states (T, H) on the same token axis. Same numbers as the padded forward on each
+        sequence's real tokens, without computing anything for padding.
+        """
+        if sum(seqlens) != input_ids.shape[0] or len(tasks) != len(seqlens):
+            raise ValueError("forward_packed: seqlens must sum to the token count, with one task per sequence")
+        packed = Packed.build(seqlens, [int(t) if t >= 0 else NO_TASK for t in tasks], input_ids.device)
+        x = self.emb_drop(self.emb_ln(self.embeddings(input_ids, packed.spans)))
+        return self._blocks(x, packed, packed.spans)
+
+    def _blocks(self, x: Tensor, layout: Tensor | Packed | None, task_ids: Tensor | Spans | None) -> Tensor:
         for block in self.encoder.layers:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, key_mask, task_ids, use_reentrant=False)
+                x = checkpoint(block, x, layout, task_ids, use_reentrant=False)
             else:
-                x = block(x, key_mask, task_ids)
+                x = block(x, layout, task_ids)
         return x
 
     def merged(self, task: int) -> Encoder:

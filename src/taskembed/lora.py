@@ -21,6 +21,9 @@ from torch import Tensor, nn
 
 NO_TASK = -1
 
+# Routing for packed (unpadded) input: token ranges [start, end) of the flat token axis that share one task.
+Spans = list[tuple[int, int, int]]
+
 
 def _rows_single_task(task_ids: Tensor | None) -> int | None:
     """The one task id shared by every row, or None when the rows differ."""
@@ -32,6 +35,21 @@ def _rows_single_task(task_ids: Tensor | None) -> int | None:
     if bool((task_ids == first).all()):
         return first
     return None
+
+
+def _add_spans(out: Tensor, spans: Spans, delta, scaling: float) -> Tensor:
+    """Packed input: add each span's low-rank path; spans with task -1 keep the base weights."""
+    if all(t == NO_TASK for t, _, _ in spans):
+        return out
+    parts, pos = [], 0
+    for t, s, e in spans:
+        if s > pos:
+            parts.append(out[pos:s])
+        parts.append(out[s:e] if t == NO_TASK else out[s:e] + scaling * delta(t, s, e))
+        pos = e
+    if pos < out.shape[0]:
+        parts.append(out[pos:])
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class LoRALinear(nn.Module):
@@ -76,8 +94,11 @@ class LoRALinear(nn.Module):
     def delta_weight(self, task: int) -> Tensor:
         return self.scaling * (self.lora_B[task] @ self.lora_A[task])
 
-    def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, task_ids: Tensor | Spans | None = None) -> Tensor:
         out = F.linear(x, self.weight, self.bias)
+        if isinstance(task_ids, list):
+            return _add_spans(out, task_ids, lambda t, s, e: F.linear(
+                F.linear(self.lora_dropout(x[s:e]), self.lora_A[t]), self.lora_B[t]), self.scaling)
         single = _rows_single_task(task_ids)
         if single == NO_TASK:
             return out
@@ -134,8 +155,11 @@ class LoRAEmbedding(nn.Module):
     def delta_weight(self, task: int) -> Tensor:
         return self.scaling * (self.lora_A[task] @ self.lora_B[task])
 
-    def forward(self, ids: Tensor, task_ids: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, task_ids: Tensor | Spans | None = None) -> Tensor:
         out = F.embedding(ids, self.weight, self.padding_idx)
+        if isinstance(task_ids, list):
+            return _add_spans(out, task_ids, lambda t, s, e: F.embedding(ids[s:e], self.lora_A[t]) @ self.lora_B[t],
+                              self.scaling)
         single = _rows_single_task(task_ids)
         if single == NO_TASK:
             return out
