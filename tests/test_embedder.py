@@ -116,3 +116,26 @@ def test_output_in_input_order(tiny):
     together = tiny.encode(texts, task="separation")
     for i, t in enumerate(texts):
         np.testing.assert_allclose(together[i], tiny.encode([t], task="separation")[0], atol=1e-5)
+
+
+def test_int8_model_close_to_float_and_routes_tasks(tiny_dir):
+    import taskembed
+
+    f = taskembed.load(tiny_dir)
+    q = taskembed.load(tiny_dir, int8=True)
+    assert q.quantized and any(getattr(m, "int8", None) is not None for m in q.model.modules())
+    texts = TEXTS * 2
+    tasks = ["retrieval.query", "separation", "text-matching", "classification", "retrieval.passage", None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vf, vq = f.encode(texts, task=tasks), q.encode(texts, task=tasks)
+        assert np.abs(vf - vq).max() > 0  # really a different computation
+        assert (vf * vq).sum(1).min() > 0.99
+        # Dynamic int8 scales activations per forward pass (as ONNX Runtime's dynamic int8 does), so a text's
+        # vector depends slightly on its batch; each row still gets its own adapter.
+        for i, (t, task) in enumerate(zip(texts, tasks, strict=True)):
+            alone = q.encode([t], task=task)[0]
+            assert float(alone @ vq[i]) > 0.999
+            assert float(alone @ vf[i]) > 0.99
+    with pytest.raises(ValueError, match="int8"):
+        q.save("/tmp/never")

@@ -118,10 +118,12 @@ def load(
     path: str | Path,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    int8: bool = False,
 ) -> Embedder:
     """Load a checkpoint directory in the official layout into an Embedder.
 
     dtype: compute dtype (default float32 on CPU, bfloat16 on CUDA), whatever the file's dtype.
+    int8: dynamic int8 Linear layers on CPU (see Embedder.to_int8).
     """
     path = Path(path)
     if not path.is_dir():
@@ -170,9 +172,10 @@ def load(
 
     try:
         tokenizer = Tokenizer.from_file(path / "tokenizer.json")
-        return Embedder(model, tokenizer, path)
+        emb = Embedder(model, tokenizer, path)
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
+    return emb.to_int8() if int8 else emb
 
 
 def save(

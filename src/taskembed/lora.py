@@ -73,6 +73,8 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(num_tasks, rank, in_features))
         self.lora_B = nn.Parameter(torch.empty(num_tasks, out_features, rank))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # Optional int8 copy of the base weight (see quantize_int8); the LoRA path stays in float.
+        self.int8: nn.Module | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -95,7 +97,7 @@ class LoRALinear(nn.Module):
         return self.scaling * (self.lora_B[task] @ self.lora_A[task])
 
     def forward(self, x: Tensor, task_ids: Tensor | Spans | None = None) -> Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        out = F.linear(x, self.weight, self.bias) if self.int8 is None else self.int8(x)
         if isinstance(task_ids, list):
             return _add_spans(out, task_ids, lambda t, s, e: F.linear(
                 F.linear(self.lora_dropout(x[s:e]), self.lora_A[t]), self.lora_B[t]), self.scaling)
@@ -183,6 +185,24 @@ def add_slot(module: LoRALinear | LoRAEmbedding) -> int:
     index = module.lora_A.shape[0] - 1
     module.reset_lora(index)
     return index
+
+
+def quantize_int8(model: nn.Module) -> None:
+    """Run every LoRA Linear's base weight through dynamic int8 (per-channel weights, per-batch
+    activation scales); adapters keep their float side path, so mixed-task batches still work. CPU only."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    for m in model.modules():
+        if isinstance(m, LoRALinear) and m.int8 is None:
+            float_linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                float_linear.weight.copy_(m.weight.float())
+                if m.bias is not None:
+                    float_linear.bias.copy_(m.bias.float())
+            float_linear.qconfig = per_channel_dynamic_qconfig
+            # Stored outside the module registry: the state dict and save() keep the float weights only.
+            m.__dict__["int8"] = DynamicInt8Linear.from_float(float_linear)
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

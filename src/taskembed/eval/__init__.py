@@ -1,0 +1,1 @@
+"""Evaluation: MTEB-style tasks, metrics and the held-out multilingual suite."""
