@@ -1,0 +1,97 @@
+"""`taskembed train mlm | pairs | adapters`: one stage per command, settings from a TOML file.
+
+    taskembed train pairs --config configs/pairs.toml [--model DIR] [--output DIR] [--data FILE ...]
+    taskembed train adapters --task NAME [--instruction TEXT] --config configs/adapter-classification.toml
+    torchrun --nproc-per-node 8 -m taskembed train pairs --config ...     (one process per GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+from .data import DataError
+
+STAGES = ("mlm", "pairs", "adapters")
+
+
+def read_settings(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p} is not valid TOML: {e}") from None
+
+
+def _value(text: str):
+    """A --set value as TOML would read it (numbers, booleans, lists), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskembed train", description="train one stage of the model")
+    p.add_argument("stage", choices=STAGES, help="mlm (Stage I), pairs (Stage II), adapters (Stage III)")
+    p.add_argument("--config", help="TOML settings file (see configs/)")
+    p.add_argument("--model", help="input model directory (official layout); overrides `model`")
+    p.add_argument("--output", help="output directory; overrides `output`")
+    p.add_argument("--data", nargs="+", help="data files for every phase; override the config's")
+    p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")
+    p.add_argument("--instruction", help="adapters: instruction prefix of the task (new tasks; default none)")
+    p.add_argument("--objective", choices=["retrieval", "text-matching", "classification", "separation"],
+                   help="adapters: the loss family (default: from the task name; text-matching for new tasks)")
+    p.add_argument("--steps", type=int, help="steps per phase")
+    p.add_argument("--batch-size", type=int, help="global batch size (rows)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--max-length", type=int, help="max tokens per text")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any [train] setting, e.g. --set grad_cache_rows=64 --set tau=0.02")
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in OUTPUT/checkpoints")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = read_settings(args.config)
+        for key in ("model", "output", "device"):
+            if getattr(args, key):
+                settings[key] = getattr(args, key)
+        over = settings.setdefault("overrides", {})
+        for item in args.set:
+            key, sep, val = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+            over[key.strip()] = _value(val.strip())
+        for key, val in (("data", args.data), ("steps", args.steps), ("batch_size", args.batch_size),
+                         ("lr", args.lr), ("max_length", args.max_length), ("objective", args.objective)):
+            if val is not None:
+                over[key] = val
+        if not settings.get("output"):
+            raise ValueError("no output directory: give `output = \"DIR\"` in the config or --output DIR")
+        from . import stages
+
+        if args.stage == "mlm":
+            stages.run_mlm(settings, resume=not args.fresh)
+        elif args.stage == "pairs":
+            stages.run_pairs(settings, resume=not args.fresh)
+        else:
+            task = args.task or settings.get("task")
+            if not task:
+                raise ValueError("train adapters needs --task NAME (or `task = ...` in the config)")
+            instruction = args.instruction if args.instruction is not None else settings.get("instruction")
+            stages.run_adapters(settings, task, instruction, resume=not args.fresh)
+    except (ValueError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"saved {settings['output']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,342 @@
+"""The trainer: AdamW with linear warm-up and decay, bf16 autocast on CUDA, cached contrastive batches
+(GradCache), exact checkpoint/resume, multi-process data parallelism, a progress line and an eval hook.
+
+Data parallelism: every rank draws the same global batch from the same seeded stream and keeps its own
+contiguous slice. Contrastive embeddings are gathered from all ranks (differentiably) so every rank
+computes the loss of the global batch, and parameter gradients are averaged over ranks after backward.
+With one process these steps are no-ops; the code path is the same.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..embedder import mean_pool
+from ..lora import LORA_MODULES
+from . import dist
+from .data import Batch, BatchStream
+from .objectives import pad
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    # Contrastive: at most this many texts per forward pass (GradCache); None = the whole local batch.
+    grad_cache_rows: int | None = None
+    max_length: int = 512
+    bf16: bool = True  # autocast on CUDA only; CPU runs in fp32
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+    seed: int = 0
+    name: str = "train"
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """LR factor at optimizer step s: linear ramp to 1 over `warmup` steps, then linear decay to 0 at total."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (total - s) / max(1, total - warmup))
+    return factor
+
+
+class AdapterMask:
+    """Train only some task slices of the stacked LoRA factors.
+
+    Gradients of the other slices are zeroed by a hook (so clipping sees only the trained slices), and the
+    other slices are copied back after every optimizer step, since AdamW's decoupled weight decay would
+    otherwise still move them. Untrained adapters stay bit-identical.
+    """
+
+    def __init__(self, model: nn.Module, tasks: list[int]) -> None:
+        self.tasks = tasks
+        self.params: list[nn.Parameter] = []
+        self.frozen: list[Tensor] = []
+        self.keep: list[Tensor] = []
+        for m in model.modules():
+            if isinstance(m, LORA_MODULES):
+                for p in (m.lora_A, m.lora_B):
+                    keep = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
+                    keep[tasks] = True
+                    self.params.append(p)
+                    self.keep.append(keep)
+                    self.frozen.append(p.detach().clone())
+                    view = keep.view(-1, *([1] * (p.dim() - 1)))
+                    p.register_hook(lambda g, v=view: g * v.to(g.dtype))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, keep, frozen in zip(self.params, self.keep, self.frozen, strict=True):
+                p[~keep] = frozen[~keep]
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """model: the Encoder; objective: objectives.Contrastive or objectives.MLM; stream: a BatchStream.
+
+    trainable: the parameters to optimise (default: all that require grad). modules: extra modules whose
+    state is checkpointed with the model (the MLM head). adapter_tasks: train only these LoRA task slices.
+    eval_fn(step) -> {metric: value} runs every eval_every steps and at the end.
+    """
+
+    def __init__(self, model: nn.Module, objective, stream: BatchStream, cfg: TrainConfig,
+                 tokenizer=None, trainable: list[nn.Parameter] | None = None,
+                 modules: dict[str, nn.Module] | None = None, adapter_tasks: list[int] | None = None,
+                 eval_fn: Callable[[int], dict] | None = None, device: torch.device | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.model, self.objective, self.stream, self.cfg = model, objective, stream, cfg
+        self.tokenizer = tokenizer
+        self.device = device or next(model.parameters()).device
+        self.rank, self.world = dist.world()
+        self.modules = nn.ModuleDict({"model": model, **(modules or {})})
+        seen: set[int] = set()
+        params = trainable if trainable is not None else [p for p in self.modules.parameters() if p.requires_grad]
+        # Tied weights (LM decoder = word embeddings) must be optimised once.
+        self.params = [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+        if not self.params:
+            raise ValueError("nothing to train: no parameter requires grad")
+        self.mask = AdapterMask(model, adapter_tasks) if adapter_tasks is not None else None
+        decay = [p for p in self.params if p.dim() >= 2]
+        no_decay = [p for p in self.params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
+        self.step = 0
+        self.losses: list[float] = []
+        self.evals: list[tuple[int, dict]] = []
+        self.eval_fn = eval_fn
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self._tokens = 0
+        model.gradient_checkpointing = cfg.gradient_checkpointing
+        torch.manual_seed(cfg.seed + self.rank)
+
+    # --- embedding ---------------------------------------------------------------------------------
+
+    def _autocast(self):
+        on = self.cfg.bf16 and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def embed(self, texts: list[str], task_ids: list[int], count: bool = True) -> Tensor:
+        """Mean-pooled fp32 embeddings (N, H) of texts, one forward pass."""
+        enc = self.tokenizer.encode(texts, max_length=self.cfg.max_length)
+        ids, mask = pad(enc.ids, self.tokenizer.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        tids = torch.tensor(task_ids, dtype=torch.long, device=self.device)
+        if count:
+            self._tokens += int(mask.sum())
+        with self._autocast():
+            hidden = self.model(ids, mask, tids)
+        return mean_pool(hidden, mask)
+
+    def _chunks(self, n: int) -> list[slice]:
+        size = self.cfg.grad_cache_rows or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # --- one step ----------------------------------------------------------------------------------
+
+    def _local(self, records: list[dict], exact: bool) -> tuple[list[dict], int]:
+        n = len(records)
+        if exact and n % self.world:
+            raise ValueError(f"global batch of {n} does not split over {self.world} processes; "
+                             "pick a batch size divisible by the world size")
+        lo, hi = (self.rank * n) // self.world, ((self.rank + 1) * n) // self.world
+        return records[lo:hi], lo
+
+    def _contrastive_backward(self, batch: Batch) -> float:
+        local, _ = self._local(batch.records, exact=True)
+        texts, tasks, k = self.objective.texts(batch.kind, local)
+        chunks = self._chunks(len(texts))
+        if len(chunks) == 1:
+            reps = self.embed(texts, tasks)
+            full = dist.gather(reps).view(len(batch.records), k, -1)
+            loss = self.objective.loss(full, batch.kind, batch.records)
+            loss.backward()
+            return float(loss.detach())
+        # GradCache: 1) embed every chunk without a graph, remembering the RNG state (dropout) of each;
+        states, parts = [], []
+        with torch.no_grad():
+            for c in chunks:
+                states.append(_rng_state())
+                parts.append(self.embed(texts[c], tasks[c]))
+        after = _rng_state()
+        # 2) the loss and its gradient w.r.t. the embeddings on the full (gathered) batch;
+        reps = torch.cat(parts).detach().requires_grad_(True)
+        full = dist.gather(reps).view(len(batch.records), k, -1)
+        loss = self.objective.loss(full, batch.kind, batch.records)
+        loss.backward()
+        cached = reps.grad
+        # 3) re-run each chunk with a graph, replaying its RNG state, and push the cached gradient through.
+        for c, st in zip(chunks, states, strict=True):
+            _set_rng_state(st)
+            out = self.embed(texts[c], tasks[c], count=False)  # tokens were counted in pass 1
+            out.backward(cached[c])
+        _set_rng_state(after)
+        return float(loss.detach())
+
+    def _plain_backward(self, batch: Batch) -> float:
+        local, offset = self._local(batch.records, exact=False)
+        micros, n_masked, n_tokens = self.objective.prepare(local, offset)
+        self._tokens += n_tokens
+        total = dist.all_sum(n_masked, self.device)
+        value = 0.0
+        if not micros:
+            # A rank with no rows this step (a small bucketed batch) still contributes zero gradients, so
+            # every rank all-reduces the same parameters.
+            (sum(p.sum() for p in self.params) * 0.0).backward()
+        for micro in micros:
+            with self._autocast():
+                # x world: the gradient average over ranks then gives the global-batch mean.
+                loss = self.objective.micro_loss(self.model, micro, total) * self.world
+            loss.backward()
+            value += float(loss.detach()) / self.world
+        return dist.all_sum(value, self.device)
+
+    def train_step(self, batch: Batch) -> float:
+        self.modules.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.objective.contrastive:
+            loss = self._contrastive_backward(batch)
+        else:
+            loss = self._plain_backward(batch)
+        dist.average_gradients(self.params)
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.mask is not None:
+            self.mask.restore()
+        self.step += 1
+        self.losses.append(loss)
+        return loss
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def train(self) -> list[float]:
+        cfg = self.cfg
+        t0, tok0, step0 = time.perf_counter(), self._tokens, self.step
+        window: list[float] = []
+        while self.step < cfg.steps:
+            loss = self.train_step(next(self.stream))
+            window.append(loss)
+            if self.rank == 0 and cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                dt = max(time.perf_counter() - t0, 1e-9)
+                tok = self._tokens - tok0  # this rank's; ranks see equal shares of the batch
+                self.log(f"[{cfg.name}] step {self.step}/{cfg.steps} loss {sum(window) / len(window):.4f} "
+                         f"lr {self.scheduler.get_last_lr()[0]:.2e} {(self.step - step0) / dt:.2f} step/s "
+                         f"{tok * self.world / dt:.0f} tok/s")
+                window = []
+            if cfg.eval_every and self.eval_fn and self.step % cfg.eval_every == 0:
+                self.run_eval()
+            if cfg.checkpoint_every and cfg.checkpoint_dir and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        if self.eval_fn and not (cfg.eval_every and self.step % cfg.eval_every == 0):
+            self.run_eval()
+        return self.losses
+
+    def run_eval(self) -> dict:
+        self.modules.eval()
+        with torch.no_grad():
+            result = self.eval_fn(self.step) or {}
+        self.modules.train()
+        self.evals.append((self.step, result))
+        if self.rank == 0 and result:
+            self.log(f"[{self.cfg.name}] eval step {self.step}: "
+                     + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
+        """Write step-N/ under checkpoint_dir: state (rank 0) and one RNG file per rank; keeps the last few."""
+        root = Path(directory or self.cfg.checkpoint_dir)
+        final = root / f"step-{self.step:08d}"
+        tmp = root / f".tmp-step-{self.step:08d}"
+        if self.rank == 0:
+            tmp.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        if self.rank == 0:
+            state = {
+                "step": self.step,
+                "world": self.world,
+                "modules": self.modules.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "stream": self.stream.state_dict(),
+                "objective": self.objective.state_dict(),
+                "losses": self.losses,
+            }
+            torch.save(state, tmp / "state.pt")
+        dist.barrier()
+        if self.rank == 0:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            old = sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints or None]
+            for d in old:
+                shutil.rmtree(d, ignore_errors=True)
+        dist.barrier()
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        state = torch.load(path / "state.pt", map_location=self.device, weights_only=False)
+        if state["world"] != self.world:
+            self.log(f"note: checkpoint was written by {state['world']} processes, resuming on {self.world}; "
+                     "the data order stays the same, dropout streams differ")
+        self.modules.load_state_dict(state["modules"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stream.load_state_dict(state["stream"])
+        self.objective.load_state_dict(state["objective"])
+        self.step, self.losses = state["step"], list(state["losses"])
+        if self.mask is not None:
+            # The frozen slices to restore are the checkpoint's (they equal the start's by construction).
+            self.mask.frozen = [p.detach().clone() for p in self.mask.params]
+        rng = path / f"rng-{self.rank}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=False))
+
+    @staticmethod
+    def latest_checkpoint(directory: str | Path | None) -> Path | None:
+        if not directory or not Path(directory).is_dir():
+            return None
+        found = sorted(Path(directory).glob("step-*"))
+        return found[-1] if found else None
+

@@ -1,0 +1,332 @@
+"""The paper's training stages (spec §2.3) as functions of one settings dict (a TOML file + overrides).
+
+  mlm       Stage I: MLM with whole-word masking, rotary positions at base 10000, XLM-R LM head.
+  pairs     Stage II: bidirectional InfoNCE (+ Matryoshka) on pairs, phases short then long.
+  adapters  Stage III: base frozen, one task adapter (the two retrieval adapters together) with its loss.
+
+Settings precedence: stage defaults < the adapter kind's defaults (Table A1) < [train] < a [[phases]] entry
+< command-line overrides. Each phase checkpoints under OUTPUT/checkpoints/PHASE and a re-run resumes from
+the latest checkpoint; the result is saved in the official layout with Embedder.save.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load
+from ..embedder import Embedder
+from ..lora import lora_parameters
+from . import dist
+from .data import BatchStream, ClassificationTuples, Source
+from .loop import TrainConfig, Trainer
+from .objectives import MLM, Contrastive, LMHead
+
+LM_HEAD_FILE = "lm_head.safetensors"
+
+COMMON = dict(
+    seed=0, lr=1e-4, warmup_steps=0, steps=100, batch_size=32, max_length=512, grad_cache_rows=0,
+    weight_decay=0.01, max_grad_norm=1.0, bf16=True, gradient_checkpointing=False, checkpoint_every=0,
+    keep_checkpoints=2, log_every=10, eval_every=0, rotary_base=10000.0, weights=None, max_tokens=0,
+    tau=0.05, matryoshka_dims=None, matryoshka_weights=None, filter_overlap=False, num_negatives=None,
+    mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None,
+)
+
+STAGE_DEFAULTS = {
+    "mlm": dict(lr=1e-4, max_length=512, batch_size=128, max_tokens=65536, micro_tokens=16384,
+                phases=[{"name": "short", "max_length": 512}]),
+    "pairs": dict(lr=3e-5, tau=0.05, max_length=192, batch_size=256, filter_overlap=True,
+                  phases=[{"name": "short"}]),
+    "adapters": dict(phases=[{"name": "adapter"}]),
+}
+
+# Table A1 per adapter kind; the objective decides which data kinds it accepts.
+ADAPTER_KINDS = {
+    "retrieval": dict(lr=5e-4, tau=0.05, max_length=512, batch_size=128, num_negatives=3),
+    "text-matching": dict(lr=1e-4, tau=0.05, max_length=192, batch_size=256),
+    "classification": dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7),
+    "separation": dict(lr=5e-5, tau=0.02, max_length=192, batch_size=512),
+}
+ACCEPTS = {
+    "retrieval": ("pairs", "tuples"),
+    "text-matching": ("pairs", "tuples", "scored"),
+    "classification": ("labelled", "tuples"),
+    "separation": ("labelled", "pairs", "tuples", "scored"),
+}
+
+
+def adapter_kind(task: str, settings: dict) -> str:
+    kind = settings.get("objective")
+    if kind is None:
+        if task.startswith("retrieval"):
+            kind = "retrieval"
+        elif task in ADAPTER_KINDS:
+            kind = task
+        else:
+            kind = "text-matching"
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"unknown adapter objective {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
+    return kind
+
+
+def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[dict]:
+    """Merge defaults, the file's [train] table, each [[phases]] entry and overrides into one dict per phase."""
+    base = {**COMMON, **{k: v for k, v in STAGE_DEFAULTS[stage].items() if k != "phases"}}
+    if kind:
+        base.update(ADAPTER_KINDS[kind])
+    base.update(settings.get("train", {}))
+    phases = settings.get("phases") or STAGE_DEFAULTS[stage]["phases"]
+    overrides = settings.get("overrides", {})
+    out = []
+    for i, ph in enumerate(phases):
+        merged = {**base, **ph, **overrides}
+        merged.setdefault("name", f"phase{i + 1}")
+        if not merged.get("data"):
+            raise ValueError(f"phase {merged['name']!r} has no data files (give `data = [...]` or --data)")
+        out.append(merged)
+    return out
+
+
+def _train_config(ph: dict, output: Path) -> TrainConfig:
+    return TrainConfig(
+        steps=int(ph["steps"]), lr=float(ph["lr"]), warmup_steps=int(ph["warmup_steps"]),
+        weight_decay=float(ph["weight_decay"]), max_grad_norm=ph["max_grad_norm"] or None,
+        grad_cache_rows=int(ph["grad_cache_rows"]) or None, max_length=int(ph["max_length"]),
+        bf16=bool(ph["bf16"]), gradient_checkpointing=bool(ph["gradient_checkpointing"]),
+        checkpoint_every=int(ph["checkpoint_every"]), checkpoint_dir=str(output / "checkpoints" / ph["name"]),
+        keep_checkpoints=int(ph["keep_checkpoints"]), log_every=int(ph["log_every"]),
+        eval_every=int(ph["eval_every"]), seed=int(ph["seed"]), name=ph["name"],
+    )
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run_phases(emb: Embedder, phases: list[dict], output: Path, build: Callable[[dict], tuple],
+                resume: bool, log: Callable[[str], None]) -> dict[str, dict]:
+    """Run each phase; a finished phase (its `final` checkpoint present) is loaded instead of re-run.
+
+    Returns {phase: {"losses": [...], "evals": [(step, metrics)]}} for the phases run now."""
+    history: dict[str, dict] = {}
+    for ph in phases:
+        cfg = _train_config(ph, output)
+        done = Path(cfg.checkpoint_dir) / "final.pt"
+        if resume and done.is_file():
+            log(f"[{ph['name']}] already finished; loading its weights")
+            state = torch.load(done, map_location="cpu", weights_only=False)
+            emb.model.load_state_dict(state["model"])
+            if "head" in state and ph.get("_head") is not None:
+                ph["_head"].load_state_dict(state["head"])
+            continue
+        _seed_all(cfg.seed)
+        objective, stream, kwargs = build(ph)
+        trainer = Trainer(emb.model, objective, stream, cfg, tokenizer=emb.tokenizer, log=log, **kwargs)
+        latest = Trainer.latest_checkpoint(cfg.checkpoint_dir) if resume else None
+        if latest is not None:
+            log(f"[{ph['name']}] resuming from {latest}")
+            trainer.load_checkpoint(latest)
+        trainer.train()
+        history[ph["name"]] = {"losses": list(trainer.losses), "evals": list(trainer.evals)}
+        if trainer.rank == 0:
+            final = {"model": emb.model.state_dict()}
+            if ph.get("_head") is not None:
+                final["head"] = ph["_head"].state_dict()
+            Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            torch.save(final, done)
+        dist.barrier()
+    return history
+
+
+def _sources(files: list[str], ph: dict, accept: tuple[str, ...], classification: bool = False) -> list:
+    out = []
+    for i, f in enumerate(files):
+        src = Source(f, filter_overlap=bool(ph["filter_overlap"]), num_negatives=ph["num_negatives"])
+        if src.kind not in accept:
+            raise ValueError(f"{f}: {src.kind} data cannot train this stage/adapter (accepts: {', '.join(accept)})")
+        if classification and src.kind == "labelled":
+            src = ClassificationTuples(src, num_negatives=int(ph["num_negatives"] or 7), seed=int(ph["seed"]) + i,
+                                       tuple_ids=bool(ph.get("tuple_ids", True)))
+        out.append(src)
+    return out
+
+
+def _stream(sources: list, ph: dict, length_fn=None) -> BatchStream:
+    return BatchStream(sources, batch_size=int(ph["batch_size"]), weights=ph["weights"] or None,
+                       seed=int(ph["seed"]), max_tokens=int(ph["max_tokens"]) or None, length_fn=length_fn,
+                       pool_batches=int(ph["pool_batches"]))
+
+
+def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int], dict] | None:
+    """Held-out check during training: MRR for pairs/tuples files, Spearman for scored pairs."""
+    path = ph.get("eval_data")
+    if not path:
+        return None
+    from .synthetic import mrr, spearman
+
+    src = Source(path)
+    records = [src.next() for _ in range(min(src.size, 2000))]
+    names = emb.config.lora_adaptations
+
+    def encode(texts, task):
+        name = names[task] if task >= 0 else None
+        return emb.encode(texts, task=name, max_length=int(ph["max_length"]))
+
+    def run(step: int) -> dict:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if src.kind in ("pairs", "tuples"):
+                return {"mrr": mrr(encode([r["query"] for r in records], q_task),
+                                   encode([r["positive"] for r in records], d_task))}
+            if src.kind == "scored":
+                a = encode([r["text1"] for r in records], q_task)
+                b = encode([r["text2"] for r in records], d_task)
+                return {"spearman": spearman((a * b).sum(1), np.array([r["score"] for r in records]))}
+        return {}
+
+    return run
+
+
+def _load(settings: dict, device: torch.device) -> Embedder:
+    if not settings.get("model"):
+        raise ValueError("no input model: give `model = \"DIR\"` in the config or --model DIR")
+    return load(settings["model"], device=device, dtype=torch.float32)
+
+
+def _freeze(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> None:
+    ids = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+
+
+def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
+    if dist.world()[0] != 0:
+        return
+    emb.model.eval()
+    emb.save(output)
+    if head is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.own_state().items()},
+                  str(output / LM_HEAD_FILE))
+
+
+# --- the stages --------------------------------------------------------------------------------------
+
+
+def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, dict]:
+    log = log or _stderr
+    device = dist.init_from_env(settings.get("device"))
+    emb = _load(settings, device)
+    phases = phase_settings("mlm", settings)
+    output = Path(settings["output"])
+    model = emb.model
+    head = LMHead(emb.config, model.embeddings.word_embeddings.weight).to(device)
+    head_file = Path(settings["model"]) / LM_HEAD_FILE
+    if head_file.is_file():
+        from safetensors.torch import load_file
+
+        head.load_own_state(load_file(str(head_file), device=str(device)))
+    # Stage I trains the transformer only: no adapters, no pooler.
+    excluded = {id(p) for p in lora_parameters(model)}
+    if model.pooler is not None:
+        excluded |= {id(p) for p in model.pooler.parameters()}
+    _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
+
+    def build(ph):
+        model.rotary_emb_base = float(ph["rotary_base"])
+        sources = _sources(ph["data"], ph, ("raw", "labelled"))
+        cap = int(ph["max_length"])
+        tok = emb.tokenizer
+
+        def length(r):
+            return min(tok.count_tokens([r["text"]])[0], cap)
+        obj = MLM(tok, head, max_length=cap, prob=float(ph["mask_prob"]), seed=int(ph["seed"]),
+                  micro_tokens=int(ph["micro_tokens"]) or None)
+        return obj, _stream(sources, ph, length), {"modules": {"head": head}}
+
+    for ph in phases:
+        ph["_head"] = head
+    history = _run_phases(emb, phases, output, build, resume, log)
+    model.rotary_emb_base = emb.config.rotary_emb_base
+    _save(emb, output, head)
+    return emb, history
+
+
+def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, dict]:
+    log = log or _stderr
+    device = dist.init_from_env(settings.get("device"))
+    emb = _load(settings, device)
+    phases = phase_settings("pairs", settings)
+    model = emb.model
+    excluded = {id(p) for p in lora_parameters(model)}
+    if model.pooler is not None:
+        excluded |= {id(p) for p in model.pooler.parameters()}
+    _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
+
+    def build(ph):
+        model.rotary_emb_base = float(ph["rotary_base"])
+        obj = Contrastive(emb.config, -1, -1, tau=float(ph["tau"]), dims=_dims(ph, emb),
+                          weights=ph["matryoshka_weights"])
+        sources = _sources(ph["data"], ph, ("pairs", "tuples", "scored"))
+        return obj, _stream(sources, ph), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
+
+    history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
+    model.rotary_emb_base = emb.config.rotary_emb_base
+    _save(emb, Path(settings["output"]))
+    return emb, history
+
+
+def run_adapters(settings: dict, task: str, instruction: str | None = None, resume: bool = True,
+                 log=None) -> tuple[Embedder, dict]:
+    log = log or _stderr
+    device = dist.init_from_env(settings.get("device"))
+    emb = _load(settings, device)
+    model, cfg = emb.model, emb.config
+    kind = adapter_kind(task, {**settings, **settings.get("train", {}), **settings.get("overrides", {})})
+    if kind == "retrieval" and task in ("retrieval", "retrieval.query", "retrieval.passage") \
+            and "retrieval.query" in cfg.lora_adaptations:
+        # The two retrieval adapters are trained jointly (queries through one, documents the other).
+        q_task, d_task = cfg.lora_adaptations.index("retrieval.query"), cfg.lora_adaptations.index("retrieval.passage")
+    else:
+        if task not in cfg.lora_adaptations:
+            idx = model.add_task(task, instruction or "")
+            log(f"added new task adapter {task!r} at index {idx} (prefix {instruction or ''!r})")
+        elif instruction is not None:
+            cfg.task_instructions[task] = instruction
+        q_task = d_task = cfg.lora_adaptations.index(task)
+    model.to(device)
+    phases = phase_settings("adapters", settings, kind)
+    _freeze(model, lora_parameters(model))
+    tasks = sorted({q_task, d_task})
+
+    def build(ph):
+        model.rotary_emb_base = float(ph["rotary_base"])
+        obj = Contrastive(cfg, q_task, d_task, tau=float(ph["tau"]), dims=_dims(ph, emb),
+                          weights=ph["matryoshka_weights"])
+        sources = _sources(ph["data"], ph, ACCEPTS[kind], classification=kind == "classification")
+        return obj, _stream(sources, ph), {"adapter_tasks": tasks, "trainable": lora_parameters(model),
+                                           "eval_fn": _eval_fn(emb, ph, q_task, d_task)}
+
+    history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
+    model.rotary_emb_base = cfg.rotary_emb_base
+    _save(emb, Path(settings["output"]))
+    return emb, history
+
+
+def _dims(ph: dict, emb: Embedder) -> list[int]:
+    dims = ph["matryoshka_dims"]
+    return list(dims) if dims is not None else list(emb.config.matryoshka_dimensions)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,268 @@
+"""Each stage on a tiny model and generated data: the loss falls and a held-out metric improves; a new task
+adapter trains, saves, reloads and leaves the other adapters alone; convert maps HF names exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import taskembed
+import taskembed.cli
+from taskembed.train import stages
+from taskembed.train.cli import main as train_main
+from taskembed.train.convert import main as convert_main
+from taskembed.train.objectives import MLM, LMHead
+from taskembed.train.synthetic import Topics, spearman, tiny_embedder, topic_retrieval, write_jsonl
+
+torch.set_num_threads(1)  # small shared test machine
+
+TOPICS = Topics.make(n_topics=8, seed=3)
+HELD_OUT = range(100, 104)  # seeds of held-out texts; training data uses seeds < 10
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    tiny_embedder(TOPICS, seed=0, lora=False).save(d / "base")
+    tiny_embedder(TOPICS, seed=0, lora=True).save(d / "base-lora")
+    files = {
+        "pairs": write_jsonl(d / "pairs.jsonl", TOPICS.pairs(200, 1)),
+        "tuples": write_jsonl(d / "tuples.jsonl", TOPICS.tuples(200, 2, negatives=2)),
+        "scored": write_jsonl(d / "scored.jsonl", TOPICS.scored(200, 3)),
+        "labelled": write_jsonl(d / "labelled.jsonl", TOPICS.labelled(200, 4)),
+        "raw": write_jsonl(d / "raw.jsonl", TOPICS.raw(300, 5)),
+    }
+    return d, files
+
+
+def _settings(toy, model, out, data, **train):
+    d, files = toy
+    base = dict(steps=25, batch_size=8, lr=5e-2, warmup_steps=2, log_every=0, max_length=16,
+                matryoshka_dims=[16], data=[str(files[k]) for k in data])
+    base.update(train)
+    return {"model": str(d / model), "output": str(d / out), "device": "cpu", "train": base}
+
+
+def _retrieval(emb, q=None, p=None) -> float:
+    return float(np.mean([topic_retrieval(emb, TOPICS, s, q, p) for s in HELD_OUT]))
+
+
+def _falls(losses: list[float]) -> bool:
+    k = max(3, len(losses) // 5)
+    return np.mean(losses[-k:]) < 0.8 * np.mean(losses[:k])
+
+
+def test_pairs_stage_short_then_long(toy):
+    d, _ = toy
+    before = _retrieval(taskembed.load(d / "base"))
+    s = _settings(toy, "base", "pairs", ["pairs", "tuples"], lr=2e-3, matryoshka_dims=[16, 32])
+    s["phases"] = [{"name": "short", "steps": 20}, {"name": "long", "steps": 6, "max_length": 32, "lr": 1e-3}]
+    s["train"].update(eval_data=str(write_jsonl(d / "held-out-pairs.jsonl", TOPICS.pairs(32, 50))), eval_every=10)
+    _, hist = stages.run_pairs(s, resume=False)
+    assert list(hist) == ["short", "long"]
+    assert _falls(hist["short"]["losses"])
+    # The eval hook: held-out MRR at steps 10 and 20 (4 equivalent passages per topic cap it near 0.5;
+    # random is about 0.13)
+    evals = hist["short"]["evals"]
+    assert [step for step, _ in evals] == [10, 20] and evals[-1][1]["mrr"] > 0.25
+    after = _retrieval(taskembed.load(d / "pairs"))
+    assert after > before + 0.2, (before, after)
+
+
+def _held_out_mlm_loss(emb, head) -> float:
+    obj = MLM(emb.tokenizer, head, max_length=16, prob=0.3, seed=123)
+    micros, n, _ = obj.prepare(TOPICS.raw(64, 99))
+    with torch.no_grad():
+        return sum(float(obj.micro_loss(emb.model.eval(), m, n)) for m in micros)
+
+
+def test_mlm_stage(toy):
+    d, _ = toy
+    base = taskembed.load(d / "base")
+    with torch.no_grad():
+        # BERT's initializer_range: the LM decoder is tied to these rows, and unit-variance rows would start
+        # with huge logits (emb_ln normalises the encoder's input either way).
+        base.model.embeddings.word_embeddings.weight.mul_(0.02)
+    base.save(d / "base-mlm")
+    torch.manual_seed(0)
+    before = _held_out_mlm_loss(base, LMHead(base.config, base.model.embeddings.word_embeddings.weight))
+    s = _settings(toy, "base-mlm", "mlm", ["raw"], steps=30, lr=5e-3, batch_size=16, max_tokens=256,
+                  micro_tokens=128)
+    _, hist = stages.run_mlm(s, resume=False)
+    losses = hist["short"]["losses"]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.4
+    after_emb = taskembed.load(d / "mlm")
+    assert after_emb.config.rotary_emb_base == 20000.0  # inference base restored in the saved config
+    head = LMHead(after_emb.config, after_emb.model.embeddings.word_embeddings.weight)
+    head.load_own_state(load_file(str(d / "mlm" / stages.LM_HEAD_FILE)))
+    after = _held_out_mlm_loss(after_emb, head)
+    # From about ln(vocab) (a fresh head) down by a clear margin on held-out sentences; a few dozen steps
+    # only get the toy model to word frequencies, not all the way to topic co-occurrence.
+    assert after < before - 0.4, (before, after)
+
+
+@pytest.mark.parametrize("task,data", [
+    ("retrieval.query", ["tuples"]),
+    ("classification", ["labelled"]),
+    ("separation", ["labelled", "pairs"]),
+])
+def test_adapter_stage(toy, task, data):
+    d, _ = toy
+    q, p = ("retrieval.query", "retrieval.passage") if task.startswith("retrieval") else (task, task)
+    base = taskembed.load(d / "base")
+    before = _retrieval(base, q, p)
+    out = f"adapter-{task}"
+    _, hist = stages.run_adapters(_settings(toy, "base", out, data), task, resume=False)
+    assert _falls(hist["adapter"]["losses"])
+    trained = taskembed.load(d / out)
+    after = _retrieval(trained, q, p)
+    assert after > before + 0.15, (before, after)
+    # Base weights are frozen: without an adapter the model is unchanged.
+    texts = [TOPICS.query(0, random.Random(7)), TOPICS.passage(3, random.Random(8))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(base.encode(texts), trained.encode(texts))
+
+
+def test_text_matching_adapter_improves_sts(toy):
+    d, _ = toy
+    held = TOPICS.scored(64, 77)
+
+    def sts(emb):
+        a = emb.encode([r["text1"] for r in held], task="text-matching")
+        b = emb.encode([r["text2"] for r in held], task="text-matching")
+        return spearman((a * b).sum(1), np.array([r["score"] for r in held]))
+
+    before = sts(taskembed.load(d / "base"))
+    # Scored pairs (CoSENT) and plain pairs (InfoNCE) alternate per batch.
+    _, hist = stages.run_adapters(_settings(toy, "base", "adapter-tm", ["scored", "pairs"]), "text-matching",
+                                  resume=False)
+    assert _falls(hist["adapter"]["losses"])
+    after = sts(taskembed.load(d / "adapter-tm"))
+    assert after > before + 0.2, (before, after)
+
+
+def test_new_task_adapter_via_cli(toy):
+    d, files = toy
+    model = d / "base-lora"  # every built-in adapter non-zero, so "unchanged" means something
+    old = taskembed.load(model)
+    texts = [TOPICS.query(t, random.Random(t)) for t in range(4)]
+    old_out = {t: old.encode(texts, task=t) for t in old.tasks}
+    config = d / "topic.toml"
+    config.write_text(
+        f'model = "{model}"\noutput = "{d / "new-task"}"\ndevice = "cpu"\n\n[train]\nobjective = "classification"\n'
+        f'data = ["{files["labelled"]}"]\nsteps = 25\nbatch_size = 8\nlr = 5e-2\nwarmup_steps = 2\n'
+        'max_length = 16\nlog_every = 0\nmatryoshka_dims = [16]\n'
+    )
+    rc = train_main(["adapters", "--config", str(config), "--task", "topic", "--instruction", "query: "])
+    assert rc == 0
+    new = taskembed.load(d / "new-task")
+    assert new.tasks == [*old.tasks, "topic"]
+    assert new.config.task_instructions["topic"] == "query: "
+    cfg = json.loads((d / "new-task" / "config.json").read_text())
+    assert cfg["lora_adaptations"][-1] == "topic"
+    for t in old.tasks:
+        np.testing.assert_array_equal(new.encode(texts, task=t), old_out[t])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base_score = _retrieval(old)  # the base weights, no adapter
+    assert _retrieval(new, "topic", "topic") > base_score + 0.15
+
+
+def _to_hf(emb, bert: bool) -> dict[str, torch.Tensor]:
+    """Our state -> a Hugging Face XLM-R (or BERT) state dict with learned positions and an MLM head."""
+    sd = emb.model.state_dict()
+    pre = "bert." if bert else "roberta."
+    h = emb.config.hidden_size
+    out = {
+        pre + "embeddings.word_embeddings.weight": sd["embeddings.word_embeddings.weight"],
+        pre + "embeddings.token_type_embeddings.weight": sd["embeddings.token_type_embeddings.weight"],
+        pre + "embeddings.position_embeddings.weight": torch.randn(514, h),
+        pre + "embeddings.LayerNorm.weight": sd["emb_ln.weight"],
+        pre + "embeddings.LayerNorm.bias": sd["emb_ln.bias"],
+    }
+    for i in range(emb.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}.", f"{pre}encoder.layer.{i}."
+        for leaf in ("weight", "bias"):
+            q, k, v = sd[f"{src}mixer.Wqkv.{leaf}"].chunk(3)
+            out[f"{dst}attention.self.query.{leaf}"] = q
+            out[f"{dst}attention.self.key.{leaf}"] = k
+            out[f"{dst}attention.self.value.{leaf}"] = v
+            out[f"{dst}attention.output.dense.{leaf}"] = sd[f"{src}mixer.out_proj.{leaf}"]
+            out[f"{dst}attention.output.LayerNorm.{leaf}"] = sd[f"{src}norm1.{leaf}"]
+            out[f"{dst}intermediate.dense.{leaf}"] = sd[f"{src}mlp.fc1.{leaf}"]
+            out[f"{dst}output.dense.{leaf}"] = sd[f"{src}mlp.fc2.{leaf}"]
+            out[f"{dst}output.LayerNorm.{leaf}"] = sd[f"{src}norm2.{leaf}"]
+    head = "cls.predictions." if bert else "lm_head."
+    dense = "transform.dense." if bert else "dense."
+    norm = "transform.LayerNorm." if bert else "layer_norm."
+    out[head + dense + "weight"] = torch.randn(h, h)
+    out[head + dense + "bias"] = torch.randn(h)
+    out[head + norm + "weight"] = torch.randn(h)
+    out[head + norm + "bias"] = torch.randn(h)
+    out[head + "bias"] = torch.randn(emb.config.vocab_size)
+    out[head + "decoder.weight"] = sd["embeddings.word_embeddings.weight"]
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("bert", [False, True])
+def test_convert_hf_checkpoint(tmp_path, bert):
+    emb = tiny_embedder(TOPICS, seed=5, lora=False)
+    src = tmp_path / "hf"
+    src.mkdir()
+    hf = _to_hf(emb, bert)
+    save_file(hf, str(src / "model.safetensors"))
+    c = emb.config
+    (src / "config.json").write_text(json.dumps({
+        "model_type": "bert" if bert else "xlm-roberta",
+        "architectures": ["BertForMaskedLM" if bert else "XLMRobertaForMaskedLM"],
+        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+        "hidden_act": "gelu", "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5,
+        "pad_token_id": 1, "position_embedding_type": "absolute",
+    }))
+    emb.tokenizer.save(src / "tokenizer.json")
+    if bert:  # a BertModel config that names the wrong pad id, as multilingual-e5-small's does
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 0}))
+        assert taskembed.cli.main(["convert", str(src), str(tmp_path / "ours")]) == 0  # through the CLI
+    else:
+        assert convert_main([str(src), str(tmp_path / "ours")]) == 0
+    got = taskembed.load(tmp_path / "ours")
+    assert got.config.position_embedding_type == "rotary"
+    for k, v in emb.model.state_dict().items():
+        if not k.endswith(("lora_A", "lora_B")) and not k.startswith("pooler."):
+            assert torch.equal(got.model.state_dict()[k], v), k
+    head = load_file(str(tmp_path / "ours" / stages.LM_HEAD_FILE))
+    pre = "cls.predictions.transform.dense." if bert else "lm_head.dense."
+    assert torch.equal(head["lm_head.dense.weight"], hf[pre + "weight"])
+    assert set(head) == {"lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
+                         "lm_head.layer_norm.bias", "lm_head.bias"}
+    texts = ["rebi sali mure", "hello world"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(got.encode(texts), emb.encode(texts), atol=1e-6)
+
+
+def test_rerun_resumes_from_checkpoint(toy):
+    d, _ = toy
+    s = _settings(toy, "base", "resume-a", ["pairs"], steps=6, lr=2e-3, checkpoint_every=3)
+    stages.run_pairs(s, resume=False)
+    full = load_file(str(d / "resume-a" / "model.safetensors"))
+    # Kill after step 3: drop what came later, then run the same command again.
+    ck = d / "resume-a" / "checkpoints" / "short"
+    (ck / "final.pt").unlink()
+    import shutil
+
+    shutil.rmtree(ck / "step-00000006")
+    _, hist = stages.run_pairs(s, resume=True)
+    assert len(hist["short"]["losses"]) == 6  # 3 restored from the checkpoint + 3 new
+    again = load_file(str(d / "resume-a" / "model.safetensors"))
+    for k, v in full.items():
+        assert torch.equal(v, again[k]), k
