@@ -64,7 +64,8 @@ def main() -> None:
     t = time.perf_counter()
     v = emb.encode([text], task="text-matching", max_length=args.tokens)
     dt = time.perf_counter() - t
-    print(f"encoded in {dt:.1f} s ({args.tokens / dt:.0f} tokens/s); vector {v.shape}, norm {float((v ** 2).sum()):.4f}")
+    norm = float((v**2).sum())
+    print(f"encoded in {dt:.1f} s ({args.tokens / dt:.0f} tokens/s); vector {v.shape}, norm {norm:.4f}")
     print(f"peak RSS {peak_gib():.2f} GiB; above the loaded weights: {peak_gib() - weights:.2f} GiB")
 
 

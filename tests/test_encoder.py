@@ -86,7 +86,7 @@ def test_token_budget_splits_batches(tiny):
     lengths = tiny.count_tokens(texts)
     tiny.max_batch_tokens = max(lengths)  # forces the long texts into batches of one
     try:
-        batches = tiny._batches(lengths, batch_size=32)
+        batches = tiny.batches(lengths, batch_size=32)
         assert all(max(lengths[i] for i in b) * len(b) <= max(lengths) for b in batches)
         small = tiny.encode(texts, task="text-matching")
     finally:

@@ -107,7 +107,7 @@ class Embedder:
         return self
 
     def count_tokens(self, texts: Sequence[str], task: str | Sequence[str | None] | None = None) -> list[int]:
-        texts, _ = self._prepare(texts, task)
+        texts, _ = self.prepare(texts, task)
         return self.tokenizer.count_tokens(texts)
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
@@ -120,7 +120,7 @@ class Embedder:
 
     # --- validation --------------------------------------------------------------------------------
 
-    def _task_index(self, task: str | None) -> int:
+    def task_index(self, task: str | None) -> int:
         if task is None:
             return NO_TASK
         if not isinstance(task, str) or task not in self.config.lora_adaptations:
@@ -136,10 +136,10 @@ class Embedder:
             raise ValueError(f"dimensions={dimensions} not allowed; allowed: {self.dimensions}")
         return int(dimensions)
 
-    def _prepare(
+    def prepare(
         self, texts: Sequence[str], task: str | Sequence[str | None] | None
     ) -> tuple[list[str], list[int]]:
-        """Validate inputs; return prefixed texts and one task index per text."""
+        """Validate texts and tasks; return the texts with their task prefixes and one task index per text."""
         if isinstance(texts, str):
             raise ValueError("texts must be a list of strings, not one string (wrap it: [text])")
         if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
@@ -158,7 +158,7 @@ class Embedder:
             tasks = list(task)
             if len(tasks) != len(texts):
                 raise ValueError(f"got {len(tasks)} tasks for {len(texts)} texts; give one task per text")
-        ids = [self._task_index(t) for t in tasks]
+        ids = [self.task_index(t) for t in tasks]
         instr = self.config.task_instructions
         prefixed = [
             (instr.get(t, "") + x) if t is not None else x for t, x in zip(tasks, texts, strict=True)
@@ -167,7 +167,7 @@ class Embedder:
 
     # --- batching ----------------------------------------------------------------------------------
 
-    def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+    def batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
         """Indices sorted by length (longest first), cut into batches within the token budget.
 
         The budget counts padded tokens (rows x longest) for padded batches and real tokens when packed.
@@ -186,7 +186,7 @@ class Embedder:
             batches.append(cur)
         return batches
 
-    def _forward_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+    def forward_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
         """One forward pass over a batch; returns fp32 pooled vectors (B, H) in the batch's order."""
         if self.packed:
             return self._forward_packed_pooled(ids, task_ids)
@@ -248,7 +248,7 @@ class Embedder:
         `self.dimensions` (Matryoshka cut, then L2 normalisation). precision: float32, float16, int8,
         uint8, binary or ubinary (packed bits: dimensions / 8 bytes per vector).
         """
-        prefixed, task_ids = self._prepare(texts, task)
+        prefixed, task_ids = self.prepare(texts, task)
         dim = self._check_dimensions(dimensions)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
@@ -276,9 +276,9 @@ class Embedder:
             raise ValueError(str(e)) from None
 
         out = torch.empty((len(prefixed), self.config.hidden_size), dtype=torch.float32)
-        batches = self._batches([len(x) for x in enc.ids], batch_size)
+        batches = self.batches([len(x) for x in enc.ids], batch_size)
         for bi, batch in enumerate(batches):
-            pooled = self._forward_pooled([enc.ids[i] for i in batch], [task_ids[i] for i in batch])
+            pooled = self.forward_pooled([enc.ids[i] for i in batch], [task_ids[i] for i in batch])
             out[torch.tensor(batch)] = pooled.cpu()
             if show_progress:
                 print(f"\rencode: batch {bi + 1}/{len(batches)}", end="", file=sys.stderr, flush=True)

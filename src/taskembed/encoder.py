@@ -170,9 +170,9 @@ class Attention(nn.Module):
             outs, start = [], 0
             for n in packed.seqlens:
                 sl = slice(start, start + n)
-                outs.append(F.scaled_dot_product_attention(
-                    q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), dropout_p=dropout
-                ).transpose(0, 1))
+                # 4-D (1, H, L, D): the CPU flash kernel takes only 4-D input; 3-D falls back to the math path.
+                qs, ks, vs = (z[sl].transpose(0, 1).unsqueeze(0) for z in (q, k, v))
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout)[0].transpose(0, 1))
                 start += n
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return self.out_proj(out.reshape(t, self.num_heads * self.head_dim), packed.spans)
