@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from taskembed.tiny import make_tiny_embedder
 
@@ -25,7 +26,11 @@ def test_matryoshka_cut_then_normalise(tiny, dim):
 def test_unnormalised_is_the_mean_of_hidden_states(tiny):
     import torch
 
-    raw = tiny.encode(TEXTS[:1], task="separation", normalize=False)
+    tiny.merge_cache_size = 0  # compare pooling on the very same computation (no merged copy)
+    try:
+        raw = tiny.encode(TEXTS[:1], task="separation", normalize=False)
+    finally:
+        tiny.merge_cache_size = 1
     ids = torch.tensor([tiny.tokenizer.encode(TEXTS[:1], 100).ids[0]])
     with torch.no_grad():
         hidden = tiny.model(ids, torch.ones_like(ids), torch.tensor([2]))
@@ -139,3 +144,46 @@ def test_int8_model_close_to_float_and_routes_tasks(tiny_dir):
             assert float(alone @ vf[i]) > 0.99
     with pytest.raises(ValueError, match="int8"):
         q.save("/tmp/never")
+
+
+def test_merged_task_cache_gives_the_lora_numbers(tiny_dir):
+    import taskembed
+
+    emb = taskembed.load(tiny_dir)
+    plain = taskembed.load(tiny_dir)
+    plain.merge_cache_size = 0
+    for task in ["retrieval.query", "separation", "retrieval.query", "text-matching"]:
+        np.testing.assert_allclose(emb.encode(TEXTS, task=task), plain.encode(TEXTS, task=task), atol=1e-5)
+    assert list(emb._merged) == [4]  # one copy kept, the most recent task
+    assert not plain._merged
+    # The merged copy really has the adapter in its weights and no LoRA routing at run time.
+    merged = emb._merged[4]
+    w = emb.model.encoder.layers[0].mlp.fc1
+    expected = w.weight + w.delta_weight(4)
+    assert torch.allclose(merged.encoder.layers[0].mlp.fc1.weight, expected, atol=1e-6)
+
+
+def test_int8_merged_copy_is_requantized(tiny_dir):
+    import taskembed
+
+    q = taskembed.load(tiny_dir, int8=True)
+    f = taskembed.load(tiny_dir)
+    v = q.encode(TEXTS, task="classification")  # one task: the int8 merged copy
+    assert 3 in q._merged
+    assert (v * f.encode(TEXTS, task="classification")).sum(1).min() > 0.99
+    q.merge_cache_size = 0
+    assert (v * q.encode(TEXTS, task="classification")).sum(1).min() > 0.999
+
+
+def test_merged_cache_follows_weight_updates(tiny_dir):
+    import taskembed
+
+    emb = taskembed.load(tiny_dir)
+    before = emb.encode(TEXTS, task="separation")
+    with torch.no_grad():  # what an optimizer step does: in place
+        emb.model.encoder.layers[1].mlp.fc2.lora_B[2].add_(0.3)
+        emb.model.emb_ln.bias.add_(0.1)
+    after = emb.encode(TEXTS, task="separation")
+    emb.merge_cache_size = 0
+    np.testing.assert_allclose(after, emb.encode(TEXTS, task="separation"), atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,6 +67,11 @@ class Embedder:
         self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
         # Packed (unpadded) forward passes by default; False runs padded batches as the official code does.
         self.packed = True
+        # Batches of a single task run on a copy with that adapter folded into the weights (no LoRA side
+        # path); this many copies are kept, least recently used first out. 0 turns it off (saves memory).
+        self.merge_cache_size = 1
+        self._merged: OrderedDict[int, Encoder] = OrderedDict()
+        self._merged_key: tuple = ()
         self.quantized = False
         self._warned_no_task = False
 
@@ -89,6 +95,7 @@ class Embedder:
         return next(self.model.parameters()).dtype
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Embedder:
+        self.clear_merged()
         self.model.to(device=device, dtype=dtype)
         return self
 
@@ -103,6 +110,7 @@ class Embedder:
         if self.dtype != torch.float32:
             raise ValueError("int8 quantisation starts from float32 weights; load with dtype='float32'")
         quantize_int8(self.model)
+        self.clear_merged()
         self.quantized = True
         return self
 
@@ -188,17 +196,42 @@ class Embedder:
 
     def forward_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
         """One forward pass over a batch; returns fp32 pooled vectors (B, H) in the batch's order."""
+        model, task_ids = self._model_for(task_ids)
         if self.packed:
-            return self._forward_packed_pooled(ids, task_ids)
-        return self._forward_padded_pooled(ids, task_ids)
+            return self._forward_packed_pooled(model, ids, task_ids)
+        return self._forward_padded_pooled(model, ids, task_ids)
 
-    def _forward_packed_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+    def _model_for(self, task_ids: list[int]) -> tuple[Encoder, list[int]]:
+        """The merged copy for a one-task batch (cached), else the model with its LoRA routing."""
+        first = task_ids[0]
+        if self.merge_cache_size <= 0 or first == NO_TASK or any(t != first for t in task_ids):
+            return self.model, task_ids
+        # Any in-place update (an optimizer step, load_state_dict) bumps a tensor's version counter, and a
+        # replaced tensor has a new id: then the merged copies are stale, e.g. when a trainer evaluates
+        # through encode() between steps.
+        key = tuple((id(p), p._version) for p in self.model.parameters())
+        if key != self._merged_key:
+            self._merged.clear()
+            self._merged_key = key
+        merged = self._merged.pop(first, None)
+        if merged is None:
+            while len(self._merged) >= self.merge_cache_size:
+                self._merged.popitem(last=False)
+            merged = self.model.merged(first)
+        self._merged[first] = merged
+        return merged, [NO_TASK] * len(task_ids)
+
+    def clear_merged(self) -> None:
+        """Drop merged copies, e.g. after the model's weights changed."""
+        self._merged.clear()
+
+    def _forward_packed_pooled(self, model: Encoder, ids: list[list[int]], task_ids: list[int]) -> Tensor:
         device = self.device
         # Rows of one task side by side, so each adapter covers one contiguous token range.
         order = sorted(range(len(ids)), key=lambda r: task_ids[r])
         seqlens = [len(ids[r]) for r in order]
         flat = torch.tensor([tok for r in order for tok in ids[r]], dtype=torch.long, device=device)
-        hidden = self.model.forward_packed(flat, seqlens, [task_ids[r] for r in order]).float()
+        hidden = model.forward_packed(flat, seqlens, [task_ids[r] for r in order]).float()
         lens = torch.tensor(seqlens, device=device)
         if self.config.emb_pooler == "cls":
             starts = torch.cumsum(lens, 0) - lens
@@ -211,7 +244,7 @@ class Embedder:
         out[torch.tensor(order, device=device)] = pooled
         return out
 
-    def _forward_padded_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+    def _forward_padded_pooled(self, model: Encoder, ids: list[list[int]], task_ids: list[int]) -> Tensor:
         device = self.device
         n = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), n), self.config.pad_token_id, dtype=torch.long)
@@ -221,7 +254,7 @@ class Embedder:
             mask[r, : len(x)] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         tids = torch.tensor(task_ids, dtype=torch.long, device=device)
-        hidden = self.model(input_ids, mask, tids)
+        hidden = model(input_ids, mask, tids)
         if self.config.emb_pooler == "cls":
             return hidden[:, 0].float()
         return mean_pool(hidden, mask)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import EncoderConfig
-from .lora import LORA_MODULES, NO_TASK, LoRAEmbedding, LoRALinear, Spans, add_slot, merge_task
+from .lora import LORA_MODULES, NO_TASK, LoRAEmbedding, LoRALinear, Spans, add_slot, merge_task, quantize_int8
 
 
 @dataclass
@@ -291,7 +291,16 @@ class Encoder(nn.Module):
     def merged(self, task: int) -> Encoder:
         """A copy with adapter `task` folded into the weights; run it with task_ids=None."""
         clone = copy.deepcopy(self)
+        quantized = [m for m in clone.modules() if getattr(m, "int8", None) is not None]
+        for m in quantized:  # the int8 copies hold the unmerged weights: rebuild them after merging
+            m.__dict__["int8"] = None
         merge_task(clone, task)
+        if quantized:
+            quantize_int8(clone)
+        # One rotary table for both, so a change of base reaches the copy too.
+        clone.rotary = self.rotary
+        for block in clone.encoder.layers:
+            block.mixer.rotary = self.rotary
         return clone
 
     def add_task(self, name: str, instruction: str = "") -> int:
