@@ -100,6 +100,10 @@ DELEGATED = {
     "eval": ("taskembed.eval.cli", "eval_main", "evaluate models on the held-out suite (extra [eval])"),
     "train": ("taskembed.train.cli", "main", "train: mlm | pairs | adapters (extra [train])"),
     "convert": ("taskembed.train.convert", "main", "convert an absolute-position XLM-R/BERT checkpoint"),
+    "export": ("taskembed.export", "main", "export a per-task merged ONNX graph (optionally int8)"),
+    "embed-corpus": ("taskembed.corpus", "main", "embed a corpus into Parquet shards (resumable)"),
+    "index": ("taskembed.index", "index_main", "build a vector index from embed-corpus output"),
+    "search": ("taskembed.index", "search_main", "search a vector index with a text query"),
 }
 
 
