@@ -72,6 +72,29 @@ def ours_encode(emb: Embedder, seqs: list[list[int]], tasks: list[int], batch_si
             emb.forward_pooled([seqs[i] for i in batch], [tasks[i] for i in batch])
 
 
+def ort_session(path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_encode(sess, seqs: list[list[int]], batch_size: int = 32) -> None:
+    """ONNX Runtime on padded, length-sorted batches (what an ONNX user runs)."""
+    import numpy as np
+
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        batch = [seqs[i] for i in order[s: s + batch_size]]
+        n = max(map(len, batch))
+        ids = np.full((len(batch), n), 1, dtype=np.int64)
+        mask = np.zeros((len(batch), n), dtype=np.int64)
+        for r, x in enumerate(batch):
+            ids[r, : len(x)], mask[r, : len(x)] = x, 1
+        sess.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})
+
+
 def rss_mib() -> float:
     import psutil
 
@@ -92,6 +115,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32 and int8 (pip install onnxruntime)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,23 +132,34 @@ def main() -> None:
     ours = Embedder(model, make_tokenizer())
     ours_padded = Embedder(model, ours.tokenizer)
     ours_padded.packed = False
+    ours_padded.merge_cache_size = 0
+    ours.merge_cache_size = 0  # the LoRA side path; the merged variant below is the cached one
     merged = Encoder(cfg, add_pooling_layer=False)
     merged.load_state_dict(model.state_dict())
     merge_task(merged, 1)
     ours_merged = Embedder(merged, ours.tokenizer)
     variants = {
         "transformers XLMRobertaModel (sdpa)": lambda seqs: hf_encode(baseline, seqs),
-        "taskembed fp32 packed, one task": lambda seqs: ours_encode(ours, seqs, [1] * len(seqs)),
-        "taskembed fp32 padded, one task": lambda seqs: ours_encode(ours_padded, seqs, [1] * len(seqs)),
+        "taskembed fp32 packed, LoRA path": lambda seqs: ours_encode(ours, seqs, [1] * len(seqs)),
+        "taskembed fp32 padded, LoRA path": lambda seqs: ours_encode(ours_padded, seqs, [1] * len(seqs)),
         "taskembed fp32 packed, mixed tasks": lambda seqs: ours_encode(ours, seqs, [i % 5 for i in range(len(seqs))]),
-        "taskembed fp32 merged task (no LoRA path)": lambda seqs: ours_encode(ours_merged, seqs, [-1] * len(seqs)),
+        "taskembed fp32 packed, merged (default)": lambda seqs: ours_encode(ours_merged, seqs, [-1] * len(seqs)),
     }
     baseline = hf_model(cfg)
     if not args.no_int8:
         q = Encoder(cfg, add_pooling_layer=False)
         q.load_state_dict(model.state_dict())
-        ours_int8 = Embedder(q, ours.tokenizer).to_int8()
-        variants["taskembed int8 packed, one task"] = lambda seqs: ours_encode(ours_int8, seqs, [1] * len(seqs))
+        ours_int8 = Embedder(q, ours.tokenizer).to_int8()  # one task: runs the cached merged int8 copy
+        variants["taskembed int8 packed, merged"] = lambda seqs: ours_encode(ours_int8, seqs, [1] * len(seqs))
+    if args.onnx:
+        import tempfile
+
+        from taskembed.export import export_onnx
+
+        tmp = tempfile.mkdtemp()
+        for name, int8 in (("onnxruntime fp32 merged task", False), ("onnxruntime int8 merged task", True)):
+            sess = ort_session(export_onnx(ours, "retrieval.passage", f"{tmp}/{int(int8)}.onnx", int8=int8))
+            variants[name] = lambda seqs, sess=sess: ort_encode(sess, seqs)
     print(f"models built; RSS grew {rss_mib() - base_rss:.0f} MiB")
 
     for kind in args.lengths:

@@ -158,6 +158,7 @@ def test_merged_task_cache_gives_the_lora_numbers(tiny_dir):
     assert not plain._merged
     # The merged copy really has the adapter in its weights and no LoRA routing at run time.
     merged = emb._merged[4]
+    assert merged.embeddings is emb.model.embeddings  # the big table is shared, not copied
     w = emb.model.encoder.layers[0].mlp.fc1
     expected = w.weight + w.delta_weight(4)
     assert torch.allclose(merged.encoder.layers[0].mlp.fc1.weight, expected, atol=1e-6)

@@ -243,6 +243,8 @@ class Encoder(nn.Module):
         self.encoder = Layers(cfg, self.rotary)
         self.pooler = Pooler(cfg) if add_pooling_layer else None
         self.gradient_checkpointing = False
+        # Set on merged copies (see merged()): the task whose embedding adapter runs as a side path.
+        self.embedding_task: int | None = None
 
     @property
     def rotary_emb_base(self) -> float:
@@ -260,7 +262,7 @@ class Encoder(nn.Module):
     ) -> Tensor:
         if task_ids is not None:
             task_ids = task_ids.to(device=input_ids.device, dtype=torch.long)
-        x = self.emb_drop(self.emb_ln(self.embeddings(input_ids, task_ids)))
+        x = self.embed(input_ids, task_ids)
         key_mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             # Boolean (B, 1, 1, L): padded keys are never attended to. Padded query rows still get
@@ -277,7 +279,7 @@ class Encoder(nn.Module):
         if sum(seqlens) != input_ids.shape[0] or len(tasks) != len(seqlens):
             raise ValueError("forward_packed: seqlens must sum to the token count, with one task per sequence")
         packed = Packed.build(seqlens, [int(t) if t >= 0 else NO_TASK for t in tasks], input_ids.device)
-        x = self.emb_drop(self.emb_ln(self.embeddings(input_ids, packed.spans)))
+        x = self.embed(input_ids, packed.spans)
         return self._blocks(x, packed, packed.spans)
 
     def _blocks(self, x: Tensor, layout: Tensor | Packed | None, task_ids: Tensor | Spans | None) -> Tensor:
@@ -289,19 +291,32 @@ class Encoder(nn.Module):
         return x
 
     def merged(self, task: int) -> Encoder:
-        """A copy with adapter `task` folded into the weights; run it with task_ids=None."""
-        clone = copy.deepcopy(self)
-        quantized = [m for m in clone.modules() if getattr(m, "int8", None) is not None]
-        for m in quantized:  # the int8 copies hold the unmerged weights: rebuild them after merging
-            m.__dict__["int8"] = None
-        merge_task(clone, task)
-        if quantized:
-            quantize_int8(clone)
-        # One rotary table for both, so a change of base reaches the copy too.
-        clone.rotary = self.rotary
-        for block in clone.encoder.layers:
-            block.mixer.rotary = self.rotary
+        """A copy with adapter `task` folded into the Linear weights; run it with task_ids=None.
+
+        The embeddings (half the parameters at full size) and the rotary tables are shared with this model,
+        not copied: the copy costs the transformer layers only, and the embedding adapter (a lookup, cheap)
+        keeps running as a side path for `task`.
+        """
+        memo = {id(self.embeddings): self.embeddings, id(self.rotary): self.rotary}
+        clone = copy.deepcopy(self, memo)
+        clone.embedding_task = task
+        body = [clone.encoder] + ([clone.pooler] if clone.pooler is not None else [])
+        for part in body:
+            quantized = [m for m in part.modules() if getattr(m, "int8", None) is not None]
+            for m in quantized:  # the int8 copies hold the unmerged weights: rebuild them after merging
+                m.__dict__["int8"] = None
+            merge_task(part, task)
+            if quantized:
+                quantize_int8(part)
         return clone
+
+    def embed(self, input_ids: Tensor, task_ids: Tensor | Spans | None) -> Tensor:
+        """Embedding sum, LayerNorm and dropout; a merged copy applies its own task's embedding adapter."""
+        if self.embedding_task is not None:
+            n = input_ids.shape[0]
+            task_ids = [(self.embedding_task, 0, n)] if input_ids.dim() == 1 else input_ids.new_full(
+                (n,), self.embedding_task)
+        return self.emb_drop(self.emb_ln(self.embeddings(input_ids, task_ids)))
 
     def add_task(self, name: str, instruction: str = "") -> int:
         """Add a new task adapter slot (a no-op until trained); returns its task index.

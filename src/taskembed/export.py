@@ -31,7 +31,7 @@ class _SentenceGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         m = self.model
-        x = m.emb_ln(m.embeddings(input_ids, None))
+        x = m.embed(input_ids, None)
         hidden = m._blocks(x, attention_mask.bool()[:, None, None, :], None)
         return hidden, mean_pool(hidden, attention_mask)
 
