@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, all cores)")
+    p.add_argument("--index", help="vector index folder (`taskembed index`) to serve at POST /v1/search")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -76,6 +77,11 @@ def main(argv: list[str]) -> int:
             max_body_bytes=args.max_body_bytes,
         )
         app = create_app(emb, settings)
+        if args.index:
+            from ..index import VectorIndex
+            from .search import register_search
+
+            register_search(app, VectorIndex.open(args.index))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
