@@ -178,6 +178,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 # --- the app ---------------------------------------------------------------------------------------
 
 
+def submit(batcher, job, retry_after_s: int) -> None:
+    """Queue a job, or answer 503 with Retry-After when the queue is full (backpressure)."""
+    try:
+        batcher.submit(job)
+    except QueueFull as e:
+        raise ApiError(503, f"server busy: {e}; retry shortly", code="overloaded",
+                       headers={"Retry-After": str(retry_after_s)}) from None
+
+
 def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving `emb`. The batcher starts and stops with the app's lifespan."""
     s = settings or ServerSettings()
@@ -304,11 +313,7 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
                                         "truncate=true to cut)", "input", "too_long") from None
                 job = Job(ids=enc.ids, task_ids=task_ids)
                 n_tokens = sum(len(x) for x in enc.ids)
-            try:
-                batcher.submit(job)
-            except QueueFull as e:
-                raise ApiError(503, f"server busy: {e}; retry shortly", code="overloaded",
-                               headers={"Retry-After": str(s.retry_after_s)}) from None
+            submit(batcher, job, s.retry_after_s)
         finally:
             batcher.arriving -= 1
 

@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..index import VectorIndex
 from ..tokenizer import TokenizerError
-from .app import ApiError, _wait_or_disconnect
-from .batcher import Job, QueueFull
+from .app import ApiError, _wait_or_disconnect, submit
+from .batcher import Job
 
 MAX_K = 1000
 
@@ -88,11 +88,7 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
                 raise ApiError(400, str(e), "query") from None
             job = Job(ids=enc.ids, task_ids=task_ids)
             n_tokens = sum(len(x) for x in enc.ids)
-            try:
-                batcher.submit(job)
-            except QueueFull as e:
-                raise ApiError(503, f"server busy: {e}; retry shortly", code="overloaded",
-                               headers={"Retry-After": str(s.retry_after_s)}) from None
+            submit(batcher, job, s.retry_after_s)
             vectors = await _wait_or_disconnect(job, request, batcher)
             if vectors is None:
                 return Response(status_code=499)
