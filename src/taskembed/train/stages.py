@@ -223,6 +223,14 @@ def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
 # --- the stages --------------------------------------------------------------------------------------
 
 
+def _train_backbone_only(model) -> None:
+    """Stages I and II train the transformer only: no adapters, no pooler."""
+    excluded = {id(p) for p in lora_parameters(model)}
+    if model.pooler is not None:
+        excluded |= {id(p) for p in model.pooler.parameters()}
+    _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
+
+
 def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, dict]:
     log = log or _stderr
     device = dist.init_from_env(settings.get("device"))
@@ -236,11 +244,7 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
         from safetensors.torch import load_file
 
         head.load_own_state(load_file(str(head_file), device=str(device)))
-    # Stage I trains the transformer only: no adapters, no pooler.
-    excluded = {id(p) for p in lora_parameters(model)}
-    if model.pooler is not None:
-        excluded |= {id(p) for p in model.pooler.parameters()}
-    _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
+    _train_backbone_only(model)
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
@@ -268,10 +272,7 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
     emb = _load(settings, device)
     phases = phase_settings("pairs", settings)
     model = emb.model
-    excluded = {id(p) for p in lora_parameters(model)}
-    if model.pooler is not None:
-        excluded |= {id(p) for p in model.pooler.parameters()}
-    _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
+    _train_backbone_only(model)
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
