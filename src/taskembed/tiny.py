@@ -4,6 +4,10 @@ small random encoder. Tests, the demo and benchmarks build these; nothing is dow
 
 from __future__ import annotations
 
+import json
+import math
+import unicodedata
+
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
@@ -51,12 +55,27 @@ def make_tokenizer(texts: list[str] | None = None, vocab_size: int = 400) -> Tok
     tk.decoder = decoders.Metaspace()
     trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>")
     tk.train_from_iterator(texts * 4, trainer=trainer)
+    tk = _canonical_order(tk, texts)
     tk.add_special_tokens(["<mask>"])
     tk.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
     return Tokenizer(tk, "<tiny>")
+
+
+def _canonical_order(tk: HFTokenizer, texts: list[str]) -> HFTokenizer:
+    """The trainer's piece set is stable, but its scores wobble (about 1e-3) from run to run, and with them
+    the ids and segmentation. Re-score each piece by its log frequency in the texts and sort, so the same
+    texts always give the same tokenizer (and tests see the same tiny model in every session)."""
+    data = json.loads(tk.to_str())
+    vocab = data["model"]["vocab"]
+    n_special = len(SPECIALS)
+    corpus = "\n".join("▁" + unicodedata.normalize("NFKC", t).replace(" ", "▁") for t in texts)
+    total = len(corpus)
+    scored = [[piece, math.log((corpus.count(piece) + 1) / total)] for piece, _ in vocab[n_special:]]
+    data["model"]["vocab"] = vocab[:n_special] + sorted(scored, key=lambda e: (-e[1], e[0]))
+    return HFTokenizer.from_str(json.dumps(data))
 
 
 def tiny_config(vocab_size: int, **overrides) -> EncoderConfig:
