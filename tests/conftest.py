@@ -11,6 +11,18 @@ import taskembed  # noqa: E402
 from taskembed.tiny import make_tiny_embedder  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Every test model is tiny: extra intra-op threads only add hand-off costs, badly so on a shared
+    # 2-core machine. Processes a test spawns set their own.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random model with all five adapters non-zero, saved in the official layout."""

@@ -297,21 +297,14 @@ def test_mteb_wrapper_maps_adapters():
 
 def test_real_tiny_embedder_end_to_end(tiny, suite_dir):
     """The real Embedder (tiny random weights) through the whole suite, incl. a generated long task."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-wide model only pays thread start-up costs for more
-    try:
-        res = suite.run_suite(
-            [("tiny", tiny)],
-            suite.select_tasks(None, data_dir=suite_dir, long_specs=["needle@256"]),
-            dimensions=[tiny.dimensions[0]],
-            print_tables=False,
-            n_experiments=2,
-            cluster_runs=2,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    res = suite.run_suite(
+        [("tiny", tiny)],
+        suite.select_tasks(None, data_dir=suite_dir, long_specs=["needle@256"]),
+        dimensions=[tiny.dimensions[0]],
+        print_tables=False,
+        n_experiments=2,
+        cluster_runs=2,
+    )
     run = res["runs"][0]
     assert len(run["tasks"]) == 8
     for r in run["tasks"].values():

@@ -9,16 +9,6 @@ import torch
 from taskembed import late_chunking
 from taskembed.late_chunking import late_chunk, plan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: extra intra-op threads only add contention (badly so on a shared machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CHUNKS = [
     "The cat sits on the warm windowsill and watches the birds outside.",
     "It does not move for hours.",

@@ -71,15 +71,6 @@ def write_bin(rng: np.random.Generator, pieces: list[str], zero_attention: bool 
     return head + entries + b"".join(payloads), values
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: thread hand-offs cost more than they save, badly so on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()

@@ -12,7 +12,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -32,15 +31,6 @@ TEXTS = [
     "猫は暖かい窓辺に座って",
 ]
 LONG = " ".join(TEXTS * 4)  # well over the 64-token limit the test app uses
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: extra intra-op threads only add contention (badly so on a shared machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def settings(**kw) -> ServerSettings:

@@ -14,9 +14,6 @@ from taskembed.train.loop import TrainConfig, Trainer
 from taskembed.train.objectives import MLM, Contrastive, LMHead
 from taskembed.train.synthetic import Topics, tiny_embedder, write_jsonl
 
-# The test machine is small and shared; one thread per process avoids oversubscription.
-torch.set_num_threads(1)
-
 TOPICS = Topics.make(n_topics=8, seed=3)
 
 

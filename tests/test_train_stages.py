@@ -20,8 +20,6 @@ from taskembed.train.convert import main as convert_main
 from taskembed.train.objectives import MLM, LMHead
 from taskembed.train.synthetic import Topics, spearman, tiny_embedder, topic_retrieval, write_jsonl
 
-torch.set_num_threads(1)  # small shared test machine
-
 TOPICS = Topics.make(n_topics=8, seed=3)
 HELD_OUT = range(100, 104)  # seeds of held-out texts; training data uses seeds < 10
 
