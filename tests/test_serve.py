@@ -471,12 +471,23 @@ def test_uvicorn_graceful_shutdown(tiny):
 # --- command line --------------------------------------------------------------------------------
 
 
-def test_cli_needs_a_model(capsys):
-    assert serve_main([]) == 2
-    assert "--model DIR is required" in capsys.readouterr().err
-    from taskembed.cli import main
+def test_cli_serves_the_bundled_model_by_default_and_says_when_it_is_missing(capsys, monkeypatch):
+    import uvicorn
 
-    assert main(["serve", "--port", "1"]) == 2
+    import taskembed.checkpoint
+    from taskembed.serve import cli as serve_cli
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert serve_main(["--port", "1"]) == 0
+    assert seen["port"] == 1 and seen["app"].state.settings.model_names == ["taskembed-small"]
+
+    def missing():
+        raise taskembed.checkpoint.CheckpointError("the bundled default model is missing from X")
+
+    monkeypatch.setattr(taskembed.checkpoint, "default_model_dir", missing)
+    assert serve_cli.main([]) == 2
+    assert "bundled default model is missing" in capsys.readouterr().err
 
 
 def test_window_too_small_for_the_prefix_is_a_400(tiny):

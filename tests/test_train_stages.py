@@ -264,3 +264,29 @@ def test_rerun_resumes_from_checkpoint(toy):
     again = load_file(str(d / "resume-a" / "model.safetensors"))
     for k, v in full.items():
         assert torch.equal(v, again[k]), k
+
+
+def test_pairs_stage_can_keep_the_vocabulary_table_fixed(toy):
+    d, _ = toy
+    s = _settings(toy, "base", "pairs-frozen-table", ["pairs"], steps=4, freeze_word_embeddings=True)
+    emb, _ = stages.run_pairs(s, resume=False)
+    base = taskembed.load(d / "base").model
+    table = "embeddings.word_embeddings.weight"
+    assert torch.equal(emb.model.state_dict()[table], base.state_dict()[table])
+    moved = [k for k, v in emb.model.state_dict().items() if k != table and not torch.equal(v, base.state_dict()[k])]
+    assert any("mixer.Wqkv" in k for k in moved)
+
+
+def test_max_seconds_shortens_the_schedule_and_still_decays(toy, monkeypatch):
+    from taskembed.train import loop
+
+    clock = iter(float(i) for i in range(10**6))  # every perf_counter() call is one "second" later
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    s = _settings(toy, "base", "pairs-timed", ["pairs"], steps=500, max_seconds=30, warmup_steps=0, log_every=1)
+    lines: list[str] = []
+    _, hist = stages.run_pairs(s, resume=False, log=lines.append)
+    n = len(hist["short"]["losses"])
+    assert 10 < n < 500
+    assert any(f"{n} of 500 steps fit in 30 s" in line for line in lines)
+    last = [line for line in lines if f"step {n}/{n} " in line]
+    assert last and "lr 0.00e+00" in last[0]  # the shortened schedule still ends at zero

@@ -1,6 +1,6 @@
 """taskembed: multilingual text embeddings with task LoRA adapters (the jina-embeddings-v3 system)."""
 
-from .checkpoint import CheckpointError, load, save
+from .checkpoint import CheckpointError, default_model_dir, load, save
 from .config import TASKS, ConfigError, EncoderConfig
 from .embedder import PRECISIONS, Embedder
 from .encoder import Encoder
@@ -16,6 +16,7 @@ __all__ = [
     "EncoderConfig",
     "Tokenizer",
     "TokenizerError",
+    "default_model_dir",
     "load",
     "save",
 ]

@@ -114,18 +114,31 @@ def _list(names, n: int = 5) -> str:
     return ", ".join(names[:n]) + more
 
 
+DEFAULT_MODEL = "taskembed-small"
+
+
+def default_model_dir() -> Path:
+    """The model that ships inside the package (models/taskembed-small): what load() and every CLI command
+    use when no model is named. Works offline."""
+    path = Path(__file__).parent / "models" / DEFAULT_MODEL
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"the bundled default model is missing from {path} (an incomplete install?); "
+                              "name a model directory instead")
+    return path
+
+
 def load(
-    path: str | Path,
+    path: str | Path | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     int8: bool = False,
 ) -> Embedder:
-    """Load a checkpoint directory in the official layout into an Embedder.
+    """Load a checkpoint directory in the official layout into an Embedder; no path: the bundled default.
 
     dtype: compute dtype (default float32 on CPU, bfloat16 on CUDA), whatever the file's dtype.
     int8: dynamic int8 Linear layers on CPU (see Embedder.to_int8).
     """
-    path = Path(path)
+    path = default_model_dir() if path is None else Path(path)
     if not path.is_dir():
         raise CheckpointError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():

@@ -13,9 +13,7 @@ import numpy as np
 def _load(model: str | None):
     from . import load
 
-    if model is None:
-        raise SystemExit("error: --model DIR is required (no bundled default model yet)")
-    return load(model)
+    return load(model)  # None: the bundled default model
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -51,7 +49,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     emb = _load(args.model)
     cfg = emb.config
     counts = emb.model.num_parameters()
-    print(f"model: {args.model}")
+    print(f"model: {emb.path}")
     print(f"architecture: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
           f"rotary base {cfg.rotary_emb_base:g}, max positions {cfg.max_position_embeddings}")
@@ -86,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_encode)
 
     i = sub.add_parser("info", help="print a model's config, tasks, dims and parameter counts")
-    i.add_argument("model", help="model directory")
+    i.add_argument("model", nargs="?", help="model directory (default: the bundled model)")
     i.add_argument("--json", action="store_true", help="also print the whole config")
     i.set_defaults(func=cmd_info)
     for name, (_, _, help_text) in DELEGATED.items():

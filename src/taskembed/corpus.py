@@ -42,8 +42,10 @@ EXIT_HOOK_ENV = "TASKEMBED_TEST_EXIT_AFTER_SHARD"
 
 
 def default_model_dir() -> Path:
-    """The bundled default model. There is none yet (another issue): say so clearly."""
-    raise ValueError("--model DIR is required (there is no bundled default model yet)")
+    """The bundled default model (taskembed.default_model_dir)."""
+    from .checkpoint import default_model_dir as bundled
+
+    return bundled()
 
 
 def resolve_model(model: str | None) -> str:

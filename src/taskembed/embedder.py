@@ -6,6 +6,7 @@ per row -> masked mean pooling in fp32 -> Matryoshka cut -> L2 normalise -> quan
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections import OrderedDict
@@ -66,7 +67,7 @@ class Embedder:
         tokenizer.check_model(self.config.vocab_size, self.config.pad_token_id)
         self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
         # Packed (unpadded) forward passes by default; False runs padded batches as the official code does.
-        self.packed = True
+        self.packed = os.environ.get("TASKEMBED_PACKED", "1") != "0"
         # Batches of a single task run on a copy with that adapter folded into the weights (no LoRA side
         # path); this many copies are kept, least recently used first out. 0 turns it off (saves memory).
         self.merge_cache_size = 1

@@ -34,6 +34,7 @@ def build_parser(prog: str = "taskembed eval") -> argparse.ArgumentParser:
     p.add_argument("--dimensions", nargs="+", type=int, help="Matryoshka dimensions to evaluate (default: full)")
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     p.add_argument("--seed", type=int, default=suite.DEFAULT_SEED)
+    p.add_argument("--device", default="cpu", help="where our models run: cpu, cuda, cuda:1 (fp32 on each)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="evaluate at most N queries/pairs/items per task (seeded sample)")
     adapter = p.add_mutually_exclusive_group()
@@ -44,10 +45,13 @@ def build_parser(prog: str = "taskembed eval") -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(path: str) -> Any:
+def _load_model(path: str, device: str = "cpu") -> Any:
+    import torch
+
     import taskembed
 
-    return taskembed.load(path)
+    # fp32 on every device, so scores compare across machines
+    return taskembed.load(path, device=device, dtype=torch.float32)
 
 
 def _model_name(path: str) -> str:
@@ -58,8 +62,9 @@ def _model_name(path: str) -> str:
 def eval_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.model and not args.compare and not args.baseline:
-        print("taskembed eval: give --model, --compare or --baseline", file=sys.stderr)
-        return 2
+        from taskembed import default_model_dir
+
+        args.model = str(default_model_dir())  # the bundled model
     try:
         task_list = suite.select_tasks(args.tasks, data_dir=args.data_dir, long_specs=args.long)
     except (FileNotFoundError, ValueError) as e:
@@ -71,7 +76,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     models: list[tuple[str, Any]] = []
     for path in ([args.model] if args.model else []) + list(args.compare):
-        models.append((_model_name(path), _load_model(path)))
+        models.append((_model_name(path), _load_model(path, args.device)))
     if args.baseline:
         from taskembed.eval import baselines
 

@@ -13,9 +13,10 @@ from .app import ServerSettings, create_app
 API_KEY_ENV = "TASKEMBED_API_KEY"  # comma-separated for several keys
 
 
-def default_model_dir() -> Path | None:
-    """The bundled default model, once there is one (a later issue); None until then."""
-    return None
+def default_model_dir() -> Path:
+    from ..checkpoint import default_model_dir as bundled
+
+    return bundled()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    model = args.model or default_model_dir()
-    if model is None:
-        print("error: --model DIR is required (there is no bundled default model yet)", file=sys.stderr)
+    try:
+        model = args.model or default_model_dir()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         import uvicorn

@@ -5,8 +5,14 @@ teacher. Both share the tokenizer, so the student is pulled back token by token:
 hidden states on every real token, plus (1 - cosine) between the mean-pooled embeddings, which is what is
 finally used. Rotary base 10000 while training, as in the paper's stage I.
 
+Long context: the teacher has 512 positions, so for long inputs (``--long-every K``) its targets are computed
+window by window (each window its own ``<s> ... </s>`` input) while the student reads the whole sequence at
+once. The student learns to keep every token's local meaning at any length, which is what mean pooling
+over an 8k-token document needs.
+
     python -m taskembed.train.distill --teacher HF_DIR --student ROTARY_DIR --data texts.jsonl \
-        --output OUT [--steps 300 --batch-size 16 --max-length 128 --lr 5e-5 --threads 2]
+        --output OUT [--steps 300 --batch-size 16 --max-length 128 --lr 5e-5 --threads 2] \
+        [--device cuda --long-every 4 --long-length 4096]
 
 texts.jsonl holds ``{"text": ...}`` records (any of build_train_data's files). ``--eval FILE`` gives the
 fidelity (cosine student vs teacher, "passage: " texts) before and after.
@@ -36,6 +42,62 @@ def student_embed(model: Encoder, ids: Tensor, mask: Tensor) -> tuple[Tensor, Te
     return hidden, nn.functional.normalize(mean_pooled(hidden.float(), mask), dim=-1)
 
 
+@torch.no_grad()
+def teacher_windowed(teacher: Teacher, ids: Tensor, mask: Tensor, window: int = 512,
+                     max_windows: int = 128) -> Tensor:
+    """Teacher hidden states for rows longer than its positions: interior tokens cut into windows of
+    window - 2, each run as ``<s> chunk </s>``; ``<s>`` comes from the first window, ``</s>`` from the last."""
+    b, n = ids.shape
+    cls = ids.new_tensor([teacher.tokenizer.cls_id])
+    sep = ids.new_tensor([teacher.tokenizer.sep_id])
+    inner = window - 2
+    spans, wins = [], []
+    for r in range(b):
+        length = int(mask[r].sum())
+        body = ids[r, 1 : length - 1]
+        for s in range(0, max(1, length - 2), inner):
+            chunk = body[s : s + inner]
+            wins.append(torch.cat([cls, chunk, sep]))
+            spans.append((r, s, len(chunk), s == 0, s + inner >= length - 2, length))
+    out = None
+    for i in range(0, len(wins), max_windows):
+        part = wins[i : i + max_windows]
+        w_ids = torch.full((len(part), max(len(w) for w in part)), teacher.tokenizer.pad_id, dtype=ids.dtype,
+                           device=ids.device)
+        w_mask = torch.zeros_like(w_ids)
+        for j, w in enumerate(part):
+            w_ids[j, : len(w)], w_mask[j, : len(w)] = w, 1
+        h = teacher.model(w_ids, w_mask)
+        if out is None:
+            out = h.new_zeros(b, n, h.shape[-1])
+        for j, (r, s, m, first, last, length) in enumerate(spans[i : i + max_windows]):
+            out[r, 1 + s : 1 + s + m] = h[j, 1 : 1 + m]
+            if first:
+                out[r, 0] = h[j, 0]
+            if last:
+                out[r, length - 1] = h[j, m + 1]
+    return out
+
+
+def teacher_window(teacher: Teacher) -> int:
+    """The longest input the teacher reads in one piece: its learned positions (512 for mE5)."""
+    return min(512, teacher.model.p("embeddings.position_embeddings.weight").shape[0])
+
+
+def long_samples(texts_by_source: list[list[str]], rng: random.Random, n: int, chars: int) -> list[str]:
+    """n long documents, each consecutive texts of one source joined until `chars` characters."""
+    out = []
+    for _ in range(n):
+        src = texts_by_source[rng.randrange(len(texts_by_source))]
+        i, parts, size = rng.randrange(len(src)), [], 0
+        while size < chars and len(parts) < len(src):
+            parts.append(src[i % len(src)])
+            size += len(parts[-1]) + 1
+            i += 1
+        out.append(" ".join(parts))
+    return out
+
+
 def distill_loss(s_hidden: Tensor, t_hidden: Tensor, s_emb: Tensor, t_emb: Tensor, mask: Tensor,
                  pooled_weight: float = 1.0) -> Tensor:
     """Token MSE (real tokens only) + pooled_weight * mean(1 - cos)."""
@@ -49,23 +111,31 @@ def fidelity(model: Encoder, teacher: Teacher, texts: list[str], kind: str | Non
              batch_size: int = 32) -> dict[str, float]:
     """Cosine between student and teacher embeddings of the same prefixed texts (mean, p5, min)."""
     model.eval()
+    device = next(model.parameters()).device
     cos = []
     for i in range(0, len(texts), batch_size):
         ids, mask = teacher.batch(texts[i : i + batch_size], kind)
+        ids, mask = ids.to(device), mask.to(device)
         t = nn.functional.normalize(mean_pooled(teacher.model(ids, mask), mask), dim=-1)
         cos.append((student_embed(model, ids, mask)[1] * t).sum(-1))
-    c = torch.cat(cos).numpy()
+    c = torch.cat(cos).float().cpu().numpy()
     return {"mean": float(c.mean()), "p5": float(np.percentile(c, 5)), "min": float(c.min()), "n": len(c)}
 
 
 def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batch_size: int = 16,
             lr: float = 5e-5, max_length: int = 128, seed: int = 0, log_every: int = 10,
-            rotary_base: float = 10000.0, time_limit_s: float = 0.0, log=None) -> list[float]:
+            rotary_base: float = 10000.0, time_limit_s: float = 0.0, log=None,
+            long_sources: list[list[str]] | None = None, long_every: int = 0, long_length: int = 4096,
+            long_tokens: int = 16384) -> list[float]:
     """Train all student weights toward the teacher; returns the loss per step.
 
     Each text gets the "query: " or "passage: " prefix at random, so both of mE5's modes are kept.
-    time_limit_s > 0 stops early (CPU budget runs) with the schedule still decaying to the end.
+    Every `long_every`-th step is a long batch: documents of `long_length` tokens (long_tokens per batch)
+    against the windowed teacher. time_limit_s > 0 stops early with the schedule still decaying to the end.
+    The device is the student's; on CUDA both models run under bf16 autocast, the losses in fp32.
     """
+    device = next(model.parameters()).device
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -73,20 +143,45 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     model.rotary_emb_base = rotary_base
     teacher.max_length = max_length
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
+    warm = max(1, min(100, steps // 20))
+    total = [steps]  # shortened once the speed is known when a time limit is set, so the LR still decays
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9)))
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total[0] - s) / (total[0] - warm + 1e-9)))
     )
     model.train()
     losses: list[float] = []
     t0 = time.time()
     for step in range(steps):
-        batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
-        ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
-        with torch.no_grad():
-            t_hidden = teacher.model(ids, mask)
-            t_emb = nn.functional.normalize(mean_pooled(t_hidden, mask), dim=-1)
-        s_hidden, s_emb = student_embed(model, ids, mask)
+        if step >= total[0]:
+            log(f"distill: time limit reached after {step} steps")
+            break
+        if time_limit_s and step == 20:
+            t20 = time.time()
+        if time_limit_s and step == 40:  # steps 20..40: the speed after warm-up (CUDA kernels, allocator)
+            per_step = (time.time() - t20) / 20
+            left = time_limit_s - (time.time() - t0)
+            total[0] = max(warm + 1, min(steps, 40 + int(left / per_step)))
+            log(f"distill: {per_step:.3f} s/step, {total[0]} steps fit in {time_limit_s:.0f} s")
+        long = bool(long_sources and long_every and step % long_every == long_every - 1)
+        if long:
+            n_docs = max(1, long_tokens // long_length)
+            teacher.max_length = long_length
+            ids, mask = teacher.batch(long_samples(long_sources, rng, n_docs, long_length * 5), "passage")
+            teacher.max_length = max_length
+        else:
+            batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
+            ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.no_grad(), amp:
+            window = teacher_window(teacher)
+            t_hidden = (teacher_windowed(teacher, ids, mask, window) if ids.shape[1] > window
+                        else teacher.model(ids, mask))
+        t_hidden = t_hidden.float()
+        t_emb = nn.functional.normalize(mean_pooled(t_hidden, mask), dim=-1)
+        with amp:
+            s_hidden = model(ids, mask, None)
+        s_hidden = s_hidden.float()
+        s_emb = nn.functional.normalize(mean_pooled(s_hidden, mask), dim=-1)
         loss = distill_loss(s_hidden, t_hidden, s_emb, t_emb, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,13 +192,33 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         if (step + 1) % log_every == 0:
             el = time.time() - t0
             log(f"distill step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
+                f"(last {'long' if long else 'short'} {ids.shape[0]}x{ids.shape[1]}) "
                 f"lr {sched.get_last_lr()[0]:.2e} {(step + 1) / el:.2f} steps/s")
-        if time_limit_s and time.time() - t0 > time_limit_s:
+        if time_limit_s and time.time() - t0 > time_limit_s * 1.1:
             log(f"distill: time limit reached after {step + 1} steps")
             break
     model.eval()
     model.rotary_emb_base = old_base
     return losses
+
+
+@torch.inference_mode()
+def long_fidelity(model: Encoder, teacher: Teacher, docs: list[str], length: int) -> dict[str, float]:
+    """Cosine between the student's embedding of whole long documents and the mean of the teacher's
+    window states (what the teacher would say of the document if it could read it all)."""
+    model.eval()
+    device = next(model.parameters()).device
+    old, teacher.max_length = teacher.max_length, length
+    cos = []
+    for doc in docs:
+        ids, mask = teacher.batch([doc], "passage")
+        ids, mask = ids.to(device), mask.to(device)
+        t_hidden = teacher_windowed(teacher, ids, mask, teacher_window(teacher)).float()
+        t = nn.functional.normalize(mean_pooled(t_hidden, mask), dim=-1)
+        cos.append((student_embed(model, ids, mask)[1] * t).sum(-1))
+    teacher.max_length = old
+    c = torch.cat(cos).float().cpu().numpy()
+    return {"mean": float(c.mean()), "min": float(c.min()), "n": len(c), "tokens": length}
 
 
 @torch.no_grad()
@@ -141,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=0.0, help="seconds; 0 = no limit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on CUDA)")
+    p.add_argument("--long-data", nargs="*", default=[], help="JSONL files whose texts are joined into long "
+                   "documents (one source per document); default: --data")
+    p.add_argument("--long-every", type=int, default=0, help="every Kth step is a long batch; 0 = never")
+    p.add_argument("--long-length", type=int, default=4096, help="tokens per long document")
+    p.add_argument("--long-tokens", type=int, default=16384, help="tokens per long batch")
     p.add_argument("--freeze-embeddings", type=int, default=1, help="1: keep the word embedding table fixed")
     p.add_argument("--no-before", action="store_true", help="skip the fidelity check before training")
     p.add_argument("--fold-positions", type=int, default=128,
@@ -148,9 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     teacher = Teacher.from_hf_dir(args.teacher)
-    emb = load(args.student, dtype=torch.float32)
-    texts = [t for f in args.data for t in read_texts(f)]
+    teacher.model.to(args.device)
+    emb = load(args.student, dtype=torch.float32, device=args.device)
+    by_file = [read_texts(f) for f in args.data]
+    texts = [t for ts in by_file for t in ts]
+    long_sources = [ts for ts in ([read_texts(f) for f in args.long_data] if args.long_data else by_file) if ts]
     report: dict = {"texts": len(texts)}
     ev = read_texts(args.eval, args.eval_n) if args.eval else []
     teacher.max_length = args.max_length
@@ -168,14 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report), file=sys.stderr, flush=True)
     t0 = time.time()
     losses = distill(emb.model, teacher, texts, args.steps, args.batch_size, args.lr, args.max_length,
-                     args.seed, time_limit_s=args.time_limit)
+                     args.seed, time_limit_s=args.time_limit, long_sources=long_sources,
+                     long_every=args.long_every, long_length=args.long_length, long_tokens=args.long_tokens)
     report.update(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, steps=len(losses),
                   seconds=round(time.time() - t0, 1), first_loss=losses[0], last_loss=losses[-1])
     if ev:
         for base in (10000.0, 20000.0):
             emb.model.rotary_emb_base = base
             report[f"after@{int(base)}"] = fidelity(emb.model, teacher, ev)
-        emb.model.rotary_emb_base = emb.config.rotary_emb_base
+    if ev and args.long_every:
+        docs = long_samples([ev], random.Random(1), 16, args.long_length * 5)
+        for base in (10000.0, 20000.0):
+            emb.model.rotary_emb_base = base
+            report[f"long@{int(base)}"] = long_fidelity(emb.model, teacher, docs, args.long_length)
+    emb.model.rotary_emb_base = emb.config.rotary_emb_base
     emb.clear_merged()
     emb.save(args.output)
     Path(args.output, "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -48,6 +48,9 @@ class TrainConfig:
     eval_every: int = 0
     seed: int = 0
     name: str = "train"
+    # > 0: after 15 steps the step count is cut to what fits in this many seconds (the LR still decays to 0).
+    # Single-process only: ranks would have to agree on the count.
+    max_seconds: float = 0.0
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -135,8 +138,10 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
         )
+        # The schedule's length is fixed here; only a max_seconds cut changes it (cfg.steps alone just stops).
+        self._schedule_steps = cfg.steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
+            self.optimizer, lambda s: linear_schedule(cfg.warmup_steps, self._schedule_steps)(s))
         self.step = 0
         self.losses: list[float] = []
         self.evals: list[tuple[int, dict]] = []
@@ -254,6 +259,17 @@ class Trainer:
         while self.step < cfg.steps:
             loss = self.train_step(next(self.stream))
             window.append(loss)
+            if cfg.max_seconds and self.world == 1 and self.step - step0 == 5:
+                t5 = time.perf_counter()
+            if cfg.max_seconds and self.world == 1 and self.step - step0 == 15:
+                # steps 5..15: the speed after warm-up (first CUDA kernels, allocator growth)
+                per_step = (time.perf_counter() - t5) / 10
+                left = cfg.max_seconds - (time.perf_counter() - t0)
+                fit = max(self.step + 1, self.step + int(left / per_step))
+                if fit < cfg.steps:
+                    self.log(f"[{cfg.name}] {per_step:.3f} s/step: {fit} of {cfg.steps} steps fit in "
+                             f"{cfg.max_seconds:.0f} s")
+                    cfg.steps = self._schedule_steps = fit
             if self.rank == 0 and cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 dt = max(time.perf_counter() - t0, 1e-9)
                 tok = self._tokens - tok0  # this rank's; ranks see equal shares of the batch

@@ -34,7 +34,8 @@ COMMON = dict(
     weight_decay=0.01, max_grad_norm=1.0, bf16=True, gradient_checkpointing=False, checkpoint_every=0,
     keep_checkpoints=2, log_every=10, eval_every=0, rotary_base=10000.0, weights=None, max_tokens=0,
     tau=0.05, matryoshka_dims=None, matryoshka_weights=None, filter_overlap=False, num_negatives=None,
-    mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None,
+    mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None, max_seconds=0.0,
+    freeze_word_embeddings=False,
 )
 
 STAGE_DEFAULTS = {
@@ -101,6 +102,7 @@ def _train_config(ph: dict, output: Path) -> TrainConfig:
         checkpoint_every=int(ph["checkpoint_every"]), checkpoint_dir=str(output / "checkpoints" / ph["name"]),
         keep_checkpoints=int(ph["keep_checkpoints"]), log_every=int(ph["log_every"]),
         eval_every=int(ph["eval_every"]), seed=int(ph["seed"]), name=ph["name"],
+        max_seconds=float(ph["max_seconds"]),
     )
 
 
@@ -197,9 +199,8 @@ def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int
 
 
 def _load(settings: dict, device: torch.device) -> Embedder:
-    if not settings.get("model"):
-        raise ValueError("no input model: give `model = \"DIR\"` in the config or --model DIR")
-    return load(settings["model"], device=device, dtype=torch.float32)
+    # no model named: start from the bundled default model
+    return load(settings.get("model") or None, device=device, dtype=torch.float32)
 
 
 def _freeze(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> None:
@@ -223,11 +224,14 @@ def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
 # --- the stages --------------------------------------------------------------------------------------
 
 
-def _train_backbone_only(model) -> None:
-    """Stages I and II train the transformer only: no adapters, no pooler."""
+def _train_backbone_only(model, freeze_word_embeddings: bool = False) -> None:
+    """Stages I and II train the transformer only: no adapters, no pooler (and optionally a fixed
+    vocabulary table, which keeps a pretrained model's token meanings and most of its size unchanged)."""
     excluded = {id(p) for p in lora_parameters(model)}
     if model.pooler is not None:
         excluded |= {id(p) for p in model.pooler.parameters()}
+    if freeze_word_embeddings:
+        excluded.add(id(model.embeddings.word_embeddings.weight))
     _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
 
 
@@ -239,12 +243,12 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
     output = Path(settings["output"])
     model = emb.model
     head = LMHead(emb.config, model.embeddings.word_embeddings.weight).to(device)
-    head_file = Path(settings["model"]) / LM_HEAD_FILE
+    head_file = (emb.path or Path(".")) / LM_HEAD_FILE
     if head_file.is_file():
         from safetensors.torch import load_file
 
         head.load_own_state(load_file(str(head_file), device=str(device)))
-    _train_backbone_only(model)
+    _train_backbone_only(model, any(bool(ph["freeze_word_embeddings"]) for ph in phases))
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
@@ -272,7 +276,7 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
     emb = _load(settings, device)
     phases = phase_settings("pairs", settings)
     model = emb.model
-    _train_backbone_only(model)
+    _train_backbone_only(model, any(bool(ph["freeze_word_embeddings"]) for ph in phases))
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])

