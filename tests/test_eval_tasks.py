@@ -406,3 +406,16 @@ def test_keep_going_records_errors(suite_dir):
     assert "FileNotFoundError" in run["tasks"]["sts-tiny"]["error"]
     assert set(run["averages"]) == {"pair_classification", "overall"}
     assert "-" in suite.format_tables(res)
+
+
+def test_cli_passes_device_and_int8_to_the_loader(suite_dir, tmp_path, monkeypatch):
+    import taskembed
+
+    seen = []
+    monkeypatch.setattr(taskembed, "load", lambda path, **kw: seen.append(kw) or HashModel(), raising=False)
+    assert eval_main(["--model", str(tmp_path / "m1"), "--data-dir", str(suite_dir), "--tasks", "sts-tiny",
+                      "--int8", "-q"]) == 0
+    assert seen[0]["int8"] is True and seen[0]["device"] == "cpu"
+    assert eval_main(["--model", str(tmp_path / "m1"), "--data-dir", str(suite_dir), "--tasks", "sts-tiny",
+                      "-q"]) == 0
+    assert seen[1]["int8"] is False

@@ -35,6 +35,7 @@ def build_parser(prog: str = "taskembed eval") -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     p.add_argument("--seed", type=int, default=suite.DEFAULT_SEED)
     p.add_argument("--device", default="cpu", help="where our models run: cpu, cuda, cuda:1 (fp32 on each)")
+    p.add_argument("--int8", action="store_true", help="our models with dynamic int8 Linear layers (CPU)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="evaluate at most N queries/pairs/items per task (seeded sample)")
     adapter = p.add_mutually_exclusive_group()
@@ -45,13 +46,13 @@ def build_parser(prog: str = "taskembed eval") -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(path: str, device: str = "cpu") -> Any:
+def _load_model(path: str, device: str = "cpu", int8: bool = False) -> Any:
     import torch
 
     import taskembed
 
-    # fp32 on every device, so scores compare across machines
-    return taskembed.load(path, device=device, dtype=torch.float32)
+    # fp32 on every device, so scores compare across machines (int8: dynamic int8 Linear layers on CPU)
+    return taskembed.load(path, device=device, dtype=torch.float32, int8=int8)
 
 
 def _model_name(path: str) -> str:
@@ -76,7 +77,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     models: list[tuple[str, Any]] = []
     for path in ([args.model] if args.model else []) + list(args.compare):
-        models.append((_model_name(path), _load_model(path, args.device)))
+        models.append((_model_name(path), _load_model(path, args.device, args.int8)))
     if args.baseline:
         from taskembed.eval import baselines
 
