@@ -419,3 +419,14 @@ def test_cli_passes_device_and_int8_to_the_loader(suite_dir, tmp_path, monkeypat
     assert eval_main(["--model", str(tmp_path / "m1"), "--data-dir", str(suite_dir), "--tasks", "sts-tiny",
                       "-q"]) == 0
     assert seen[1]["int8"] is False
+
+
+def test_cli_without_model_says_when_the_bundled_model_is_missing(suite_dir, monkeypatch, capsys):
+    import taskembed
+
+    def missing():
+        raise taskembed.CheckpointError("the bundled default model is missing from X")
+
+    monkeypatch.setattr(taskembed, "default_model_dir", missing)
+    assert eval_main(["--data-dir", str(suite_dir), "--tasks", "sts-tiny"]) == 2
+    assert "bundled default model is missing" in capsys.readouterr().err

@@ -63,9 +63,13 @@ def _model_name(path: str) -> str:
 def eval_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.model and not args.compare and not args.baseline:
-        from taskembed import default_model_dir
+        from taskembed import CheckpointError, default_model_dir
 
-        args.model = str(default_model_dir())  # the bundled model
+        try:
+            args.model = str(default_model_dir())  # the bundled model
+        except CheckpointError as e:
+            print(f"taskembed eval: {e}", file=sys.stderr)
+            return 2
     try:
         task_list = suite.select_tasks(args.tasks, data_dir=args.data_dir, long_specs=args.long)
     except (FileNotFoundError, ValueError) as e:
