@@ -41,15 +41,11 @@ ENCODE_CHUNK = 1024
 EXIT_HOOK_ENV = "TASKEMBED_TEST_EXIT_AFTER_SHARD"
 
 
-def default_model_dir() -> Path:
-    """The bundled default model (taskembed.default_model_dir)."""
-    from .checkpoint import default_model_dir as bundled
-
-    return bundled()
-
-
 def resolve_model(model: str | None) -> str:
-    return str(model) if model else str(default_model_dir())
+    """The model directory a job records: the one given, else the bundled default model."""
+    from . import checkpoint
+
+    return str(model) if model else str(checkpoint.default_model_dir())
 
 
 # --- reading ---------------------------------------------------------------------------------------------

@@ -8,15 +8,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from .. import checkpoint
 from .app import ServerSettings, create_app
 
 API_KEY_ENV = "TASKEMBED_API_KEY"  # comma-separated for several keys
-
-
-def default_model_dir() -> Path:
-    from ..checkpoint import default_model_dir as bundled
-
-    return bundled()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = args.model or default_model_dir()
+        model = args.model or checkpoint.default_model_dir()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -148,6 +148,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total[0] - s) / (total[0] - warm + 1e-9)))
     )
+    window = teacher_window(teacher)
     model.train()
     losses: list[float] = []
     t0 = time.time()
@@ -173,7 +174,6 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
             ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad(), amp:
-            window = teacher_window(teacher)
             t_hidden = (teacher_windowed(teacher, ids, mask, window) if ids.shape[1] > window
                         else teacher.model(ids, mask))
         t_hidden = t_hidden.float()

@@ -224,13 +224,13 @@ def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
 # --- the stages --------------------------------------------------------------------------------------
 
 
-def _train_backbone_only(model, freeze_word_embeddings: bool = False) -> None:
-    """Stages I and II train the transformer only: no adapters, no pooler (and optionally a fixed
-    vocabulary table, which keeps a pretrained model's token meanings and most of its size unchanged)."""
+def _train_backbone_only(model, phases: list[dict]) -> None:
+    """Stages I and II train the transformer only: no adapters, no pooler (and, if any phase asks for it,
+    a fixed vocabulary table, which keeps a pretrained model's token meanings and most of its size)."""
     excluded = {id(p) for p in lora_parameters(model)}
     if model.pooler is not None:
         excluded |= {id(p) for p in model.pooler.parameters()}
-    if freeze_word_embeddings:
+    if any(ph["freeze_word_embeddings"] for ph in phases):
         excluded.add(id(model.embeddings.word_embeddings.weight))
     _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
 
@@ -248,7 +248,7 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
         from safetensors.torch import load_file
 
         head.load_own_state(load_file(str(head_file), device=str(device)))
-    _train_backbone_only(model, any(bool(ph["freeze_word_embeddings"]) for ph in phases))
+    _train_backbone_only(model, phases)
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
@@ -276,7 +276,7 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
     emb = _load(settings, device)
     phases = phase_settings("pairs", settings)
     model = emb.model
-    _train_backbone_only(model, any(bool(ph["freeze_word_embeddings"]) for ph in phases))
+    _train_backbone_only(model, phases)
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])

@@ -161,18 +161,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="count the first N records of each file (all text fields) instead of --per-file texts")
     p.add_argument("--keep-from", help="a pruned tokenizer.json whose pieces to keep instead of counting")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    hf = json.loads((Path(args.model) / "config.json").read_text()).get("model_type") == "bert"
+    model_cfg = json.loads((Path(args.model) / "config.json").read_text())
+    hf = model_cfg.get("model_type") == "bert"
     if hf:
         tokenizer = Tokenizer.from_file(Path(args.model) / "tokenizer.json")
-        emb, vocab_size = None, json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
+        emb, vocab_size = None, model_cfg["vocab_size"]
     else:
         emb = load(args.model, dtype=torch.float32)
         tokenizer, vocab_size = emb.tokenizer, emb.config.vocab_size
     tok_json = tokenizer.backend.to_str()
     if args.keep_from:
-        index = {piece: i for i, (piece, _) in enumerate(json.loads(tok_json)["model"]["vocab"])}
-        kept = json.loads(Path(args.keep_from).read_text(encoding="utf-8"))["model"]["vocab"]
         full = json.loads(tok_json)
+        index = {piece: i for i, (piece, _) in enumerate(full["model"]["vocab"])}
+        kept = json.loads(Path(args.keep_from).read_text(encoding="utf-8"))["model"]["vocab"]
         added = sorted(a["id"] for a in full.get("added_tokens", []) if a["id"] >= len(full["model"]["vocab"]))
         keep = sorted(index[piece] for piece, _ in kept) + added
     else:
