@@ -19,7 +19,7 @@ WORK="${WORK:-/tmp/taskembed-model}"
 NAME="${NAME:-taskembed-small}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-2}"
-STEPS="${STEPS:-fetch data hf prune convert distill pairs soup adapters eval package}"
+STEPS="${STEPS:-fetch data hf prune convert distill pairs soup adapters reorder eval package}"
 DISTILL_STEPS="${DISTILL_STEPS:-6000}"
 DISTILL_SECONDS="${DISTILL_SECONDS:-0}"
 PAIRS_SECONDS="${PAIRS_SECONDS:-0}"
@@ -103,6 +103,11 @@ PYEOF
         prev="$WORK/adapter-$task"
       done
       rm -rf "$WORK/final" && cp -r "$prev" "$WORK/final" ;;
+    reorder)  # Channels that separate retrieval pairs first, so short Matryoshka cuts keep more (exact).
+      rm -rf "$WORK/final-reordered"
+      "$PY" -m taskembed.train.reorder "$WORK/final" "$WORK/final-reordered" --pairs 2000 \
+        --data "$D"/lohelp-index-*.jsonl "$D"/manpage-retrieval-*.jsonl "$D"/wordnet-*.jsonl
+      rm -rf "$WORK/final" && mv "$WORK/final-reordered" "$WORK/final" ;;
     eval)
       # The 32-task cross-section of the README's baseline table, plus long inputs beyond mE5's 512 tokens.
       $TASKEMBED eval --model "$WORK/final" --data-dir "$EVAL_DATA" --limit 100 --keep-going \
@@ -115,13 +120,13 @@ PYEOF
       tasks=$(tr ' ' '\n' < "$ROOT/configs/default/eval_tasks.txt" | grep -v @)
       tar cJf "$ROOT/.gpu/eval.tar.xz" -C "$EVAL_DATA" $tasks
       du -sh "$ROOT"/.gpu/* ;;
-    package)  # fp16, official layout, under models/$NAME (checked: < 100 MB).
-      "$PY" - "$WORK/final" "$ROOT/models/$NAME" <<'PYEOF'
+    package)  # fp16, official layout, under src/taskembed/models/$NAME (its README.md is kept; < 100 MB).
+      "$PY" - "$WORK/final" "$ROOT/src/taskembed/models/$NAME" <<'PYEOF'
 import sys, torch, taskembed
 emb = taskembed.load(sys.argv[1])
 emb.save(sys.argv[2], dtype=torch.float16)
 PYEOF
-      du -sh "$ROOT/models/$NAME" ;;
+      du -sh "$ROOT/src/taskembed/models/$NAME" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -109,3 +109,13 @@ def test_make_run_demo_prints_ranked_cross_lingual_hits(capsys):
     assert "indexed 30 passages" in out
     assert out.count("query: ") == len(demo.QUERIES)
     assert "  1. " in out
+
+
+def test_int8_stays_within_a_cosine_of_0_99_of_float_on_unseen_text(emb):
+    # Calibration runs on the package's sample passages; these texts are not among them.
+    texts = [t for pair in BITEXT for t in pair]
+    q = taskembed.load(int8=True)
+    assert any(getattr(m, "int8", None) is not None and m.int8.outliers is not None for m in q.model.modules())
+    for task in ("retrieval.passage", "retrieval.query", "classification"):
+        cos = (emb.encode(texts, task=task) * q.encode(texts, task=task)).sum(1)
+        assert cos.min() > 0.99, (task, cos.min())

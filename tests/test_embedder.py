@@ -146,6 +146,36 @@ def test_int8_model_close_to_float_and_routes_tasks(tiny_dir):
         q.save("/tmp/never")
 
 
+def test_int8_linear_keeps_calibrated_outlier_channels_in_float():
+    import torch.nn.functional as F
+
+    from taskembed.lora import Int8Linear
+
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(64, 128, generator=g) * 0.05, torch.randn(64, generator=g) * 0.1
+    x = torch.randn(300, 128, generator=g)
+    x[:, 7] *= 60  # one channel far above the rest, as GELU outputs have in trained encoders
+    ref = F.linear(x, w, b)
+    plain, split = Int8Linear(w, b, None), Int8Linear(w, b, x.abs().amax(0))
+    assert plain.outliers is None and split.outliers.tolist() == [7]
+    err_plain = float((plain(x) - ref).norm() / ref.norm())
+    err_split = float((split(x) - ref).norm() / ref.norm())
+    assert err_split < 0.01 and err_split < err_plain / 4, (err_plain, err_split)
+    # Without an outlier no channel is singled out.
+    assert Int8Linear(w, b, torch.randn(300, 128, generator=g).abs().amax(0)).outliers is None
+
+
+def test_record_input_absmax_is_the_per_channel_maximum_over_all_calls():
+    from taskembed.lora import LoRALinear, record_input_absmax
+
+    lin = LoRALinear(6, 4, num_tasks=2, rank=2, alpha=2.0)
+    xs = [torch.randn(3, 5, 6), torch.randn(7, 6) * 3]
+    record_input_absmax(torch.nn.Sequential(lin), lambda: [lin(x) for x in xs])
+    want = torch.maximum(xs[0].abs().reshape(-1, 6).amax(0), xs[1].abs().amax(0))
+    torch.testing.assert_close(lin.act_absmax, want)
+    assert "act_absmax" not in lin.state_dict()
+
+
 def test_merged_task_cache_gives_the_lora_numbers(tiny_dir):
     import taskembed
 

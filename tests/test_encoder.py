@@ -187,3 +187,30 @@ def test_packed_and_padded_encode_agree(tiny_dir):
     emb.packed = False
     padded = emb.encode(TEXTS, task=tasks)
     np.testing.assert_allclose(packed, padded, atol=1e-5)
+
+
+def test_permuting_hidden_channels_permutes_the_outputs_exactly(tiny_dir):
+    # Matryoshka reordering (train/reorder.py) relies on this being a pure reparametrisation.
+    emb, moved = taskembed.load(tiny_dir), taskembed.load(tiny_dir)
+    h = emb.config.hidden_size
+    order = torch.randperm(h, generator=torch.Generator().manual_seed(3))
+    moved.model.permute_hidden(order)
+    assert not torch.equal(moved.model.encoder.layers[0].mlp.fc2.weight, emb.model.encoder.layers[0].mlp.fc2.weight)
+    lens, tasks = [9, 4, 13], [0, -1, 4]
+    ids = torch.randint(5, 300, (sum(lens),), generator=torch.Generator().manual_seed(4))
+    pad = torch.full((3, max(lens)), emb.config.pad_token_id)
+    mask = torch.zeros(3, max(lens), dtype=torch.long)
+    for i, (s, n) in enumerate(zip([0, 9, 13], lens, strict=True)):
+        pad[i, :n], mask[i, :n] = ids[s: s + n], 1
+    with torch.no_grad():
+        torch.testing.assert_close(moved.model.forward_packed(ids, lens, tasks),
+                                   emb.model.forward_packed(ids, lens, tasks)[:, order], atol=1e-5, rtol=1e-5)
+        a, b = moved.model(pad, mask, torch.tensor(tasks)), emb.model(pad, mask, torch.tensor(tasks))
+        torch.testing.assert_close(a, b[..., order], atol=1e-5, rtol=1e-5)
+        t = torch.tensor([1, 1, 1])  # the pooler is only ever run with one task
+        torch.testing.assert_close(moved.model.pooler(a, t), emb.model.pooler(b, t), atol=1e-5, rtol=1e-5)
+    for task in ("retrieval.query", "text-matching"):  # the merged copies too
+        np.testing.assert_allclose(moved.encode(TEXTS, task=task, normalize=False),
+                                   emb.encode(TEXTS, task=task, normalize=False)[:, order.numpy()], atol=1e-5)
+    with pytest.raises(ValueError, match="permutation"):
+        moved.model.permute_hidden(list(range(h - 1)) + [0])

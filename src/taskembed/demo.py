@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import default_model_dir, load
-
-SAMPLE_CORPUS = Path(__file__).parent / "data" / "sample_corpus.jsonl"
+from .embedder import SAMPLE_CORPUS
 
 QUERIES = [
     "How long should bread dough rise?",

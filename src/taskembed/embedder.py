@@ -6,6 +6,7 @@ per row -> masked mean pooling in fp32 -> Matryoshka cut -> L2 normalise -> quan
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -19,9 +20,10 @@ from torch import Tensor
 
 from .config import EncoderConfig
 from .encoder import Encoder
-from .lora import NO_TASK, quantize_int8
+from .lora import NO_TASK, quantize_int8, record_input_absmax
 from .tokenizer import Tokenizer, TokenizerError
 
+SAMPLE_CORPUS = Path(__file__).parent / "data" / "sample_corpus.jsonl"
 PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 DEFAULT_MAX_LENGTH = 8192
 # Upper bound on padded tokens per forward pass; one 8192-token text still runs alone.
@@ -33,6 +35,12 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     hidden = hidden.float()
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def sample_texts() -> list[str]:
+    """The multilingual sample passages that ship with the package (30 texts, 14 languages)."""
+    with open(SAMPLE_CORPUS, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 def quantize(emb: np.ndarray, precision: str) -> np.ndarray:
@@ -100,20 +108,41 @@ class Embedder:
         self.model.to(device=device, dtype=dtype)
         return self
 
-    def to_int8(self) -> Embedder:
+    def to_int8(self, calibration_texts: Sequence[str] | None = None) -> Embedder:
         """Dynamic int8 for the Linear layers on CPU (adapters stay float, any task mix still works).
 
-        Roughly 2x faster on CPU at a small quality cost: measured in benchmarks/encode_speed.py. Activation
-        scales are per forward pass, so a vector depends slightly on the other texts in its batch.
+        First the float model embeds `calibration_texts` (default: the multilingual sample passages that
+        ship with the package) under every task, to find the few input channels with outlier magnitudes;
+        those stay in float (Int8Linear). An empty list skips calibration: every channel in int8. Activation
+        scales are per forward pass, so a vector depends slightly on the other texts in its batch. Speed and
+        cosine to float: benchmarks/encode_speed.py, benchmarks/int8_quality.py.
         """
         if self.device.type != "cpu":
             raise ValueError("int8 inference runs on CPU; on GPU use bfloat16 (load(..., dtype='bfloat16'))")
         if self.dtype != torch.float32:
             raise ValueError("int8 quantisation starts from float32 weights; load with dtype='float32'")
+        if self.quantized:
+            return self
+        texts = sample_texts() if calibration_texts is None else list(calibration_texts)
+        if texts:
+            self._calibrate_int8(texts)
         quantize_int8(self.model)
         self.clear_merged()
         self.quantized = True
         return self
+
+    def _calibrate_int8(self, texts: list[str]) -> None:
+        prefixed, task_ids = self.prepare([x for x in texts for _ in self.tasks], self.tasks * len(texts))
+        enc = self.tokenizer.encode(prefixed, max_length=512, truncate=True)
+
+        def run() -> None:
+            with torch.inference_mode():
+                for batch in self.batches([len(x) for x in enc.ids], 32):
+                    # The float model itself (not a merged copy), so the hooks see every layer.
+                    forward = self._forward_packed_pooled if self.packed else self._forward_padded_pooled
+                    forward(self.model, [enc.ids[i] for i in batch], [task_ids[i] for i in batch])
+
+        record_input_absmax(self.model, run)
 
     def count_tokens(self, texts: Sequence[str], task: str | Sequence[str | None] | None = None) -> list[int]:
         texts, _ = self.prepare(texts, task)

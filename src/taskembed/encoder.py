@@ -318,6 +318,42 @@ class Encoder(nn.Module):
                 (n,), self.embedding_task)
         return self.emb_drop(self.emb_ln(self.embeddings(input_ids, task_ids)))
 
+    @torch.no_grad()
+    def permute_hidden(self, order: Tensor | list[int]) -> None:
+        """Reorder the hidden channels in place, so that the model's outputs become `out[..., order]`.
+
+        LayerNorm, attention and mean pooling treat the residual channels alike, so this is an exact
+        reparametrisation; Matryoshka truncation keeps the leading channels, so moving the informative ones
+        to the front raises the scores of short vectors (train/reorder.py chooses the order).
+        """
+        h = self.config.hidden_size
+        idx = torch.as_tensor(order, dtype=torch.long, device=self.emb_ln.weight.device)
+        if idx.shape != (h,) or not torch.equal(idx.sort().values, torch.arange(h, device=idx.device)):
+            raise ValueError(f"order must be a permutation of range({h})")
+
+        def take(t: Tensor, dim: int) -> None:
+            t.copy_(t.index_select(dim, idx.to(t.device)))
+
+        for table in (self.embeddings.word_embeddings, self.embeddings.token_type_embeddings):
+            take(table.weight, 1)
+            take(table.lora_B, 2)
+        layers = list(self.encoder.layers)
+        norms = [self.emb_ln] + [n for layer in layers for n in (layer.norm1, layer.norm2)]
+        readers = [m for layer in layers for m in (layer.mixer.Wqkv, layer.mlp.fc1)]
+        writers = [m for layer in layers for m in (layer.mixer.out_proj, layer.mlp.fc2)]
+        if self.pooler is not None:
+            readers.append(self.pooler.dense)  # its output is not a residual channel: left as it is
+        for n in norms:
+            take(n.weight, 0)
+            take(n.bias, 0)
+        for m in readers:
+            take(m.weight, 1)
+            take(m.lora_A, 2)
+        for m in writers:
+            take(m.weight, 0)
+            take(m.bias, 0)
+            take(m.lora_B, 1)
+
     def add_task(self, name: str, instruction: str = "") -> int:
         """Add a new task adapter slot (a no-op until trained); returns its task index.
 

@@ -14,6 +14,8 @@ task id is -1 get the base weights only.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -187,22 +189,79 @@ def add_slot(module: LoRALinear | LoRAEmbedding) -> int:
     return index
 
 
-def quantize_int8(model: nn.Module) -> None:
-    """Run every LoRA Linear's base weight through dynamic int8 (per-channel weights, per-batch
-    activation scales); adapters keep their float side path, so mixed-task batches still work. CPU only."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
+# int8 keeps a Linear input channel in float when its calibrated magnitude is this many times the median
+# channel's: one such channel (GELU outputs reach 50x the typical value) would otherwise set the per-tensor
+# activation scale and leave the other channels a handful of int8 levels. At most this many per layer.
+OUTLIER_RATIO = 6.0
+MAX_OUTLIERS = 8
 
+
+class Int8Linear(nn.Module):
+    """Dynamic int8 Linear (per-channel weights, per-batch activation scale) whose outlier input channels
+    run in float beside it, as LLM.int8() does; the channels come from calibration (record_input_absmax)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, absmax: Tensor | None) -> None:
+        super().__init__()
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+
+        weight = weight.detach().float().clone()
+        self.outliers: Tensor | None = None
+        self.outlier_weight_t: Tensor | None = None  # (outliers, out)
+        if absmax is not None:
+            top = absmax.topk(min(MAX_OUTLIERS, absmax.numel()))
+            keep = top.indices[top.values > OUTLIER_RATIO * absmax.median()]
+            if keep.numel():
+                self.outliers, self.outlier_weight_t = keep, weight[:, keep].t().contiguous()
+                weight[:, keep] = 0
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias.detach().float())
+        linear.qconfig = per_channel_dynamic_qconfig
+        with warnings.catch_warnings():  # torch 2.13 flags quantized tensors as deprecated; pinned, so fine
+            warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*deprecated")
+            self.q = DynamicInt8Linear.from_float(linear)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.outliers is None:
+            return self.q(x)
+        out = self.q(x.index_fill(-1, self.outliers, 0))
+        # Accumulate the float channels into the int8 result in place: no output-sized temporary.
+        out.view(-1, out.shape[-1]).addmm_(x[..., self.outliers].reshape(-1, self.outliers.numel()),
+                                           self.outlier_weight_t)
+        return out
+
+
+def record_input_absmax(model: nn.Module, run: Callable[[], object]) -> None:
+    """Call `run()` and keep each LoRA Linear's largest input magnitude per channel (int8 calibration).
+
+    The statistics sit beside the module (not in its state dict) and follow it into merged copies.
+    """
+    seen: dict[LoRALinear, Tensor] = {}
+
+    def hook(module: LoRALinear, args: tuple, _out: Tensor) -> None:
+        a = args[0].detach().abs().reshape(-1, module.in_features).amax(0).float()
+        seen[module] = torch.maximum(seen[module], a) if module in seen else a
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LoRALinear)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    for m, a in seen.items():
+        m.__dict__["act_absmax"] = a
+
+
+def quantize_int8(model: nn.Module) -> None:
+    """Give every LoRA Linear an int8 copy of its base weight (Int8Linear); adapters keep their float side
+    path, so mixed-task batches still work. Uses the calibration of record_input_absmax where present. CPU."""
     for m in model.modules():
         if isinstance(m, LoRALinear) and m.int8 is None:
-            float_linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            with torch.no_grad():
-                float_linear.weight.copy_(m.weight.float())
-                if m.bias is not None:
-                    float_linear.bias.copy_(m.bias.float())
-            float_linear.qconfig = per_channel_dynamic_qconfig
             # Stored outside the module registry: the state dict and save() keep the float weights only.
-            m.__dict__["int8"] = DynamicInt8Linear.from_float(float_linear)
+            m.__dict__["int8"] = Int8Linear(m.weight, m.bias, m.__dict__.get("act_absmax"))
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
