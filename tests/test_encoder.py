@@ -207,8 +207,12 @@ def test_permuting_hidden_channels_permutes_the_outputs_exactly(tiny_dir):
                                    emb.model.forward_packed(ids, lens, tasks)[:, order], atol=1e-5, rtol=1e-5)
         a, b = moved.model(pad, mask, torch.tensor(tasks)), emb.model(pad, mask, torch.tensor(tasks))
         torch.testing.assert_close(a, b[..., order], atol=1e-5, rtol=1e-5)
-        t = torch.tensor([1, 1, 1])  # the pooler is only ever run with one task
+        t = torch.tensor(tasks)
         torch.testing.assert_close(moved.model.pooler(a, t), emb.model.pooler(b, t), atol=1e-5, rtol=1e-5)
+        # Mixed tasks in the pooler: each row as if alone.
+        for r, task in enumerate(tasks):
+            one = emb.model.pooler(b[r: r + 1], torch.tensor([task]))
+            torch.testing.assert_close(emb.model.pooler(b, t)[r: r + 1], one, atol=1e-5, rtol=1e-5)
     for task in ("retrieval.query", "text-matching"):  # the merged copies too
         np.testing.assert_allclose(moved.encode(TEXTS, task=task, normalize=False),
                                    emb.encode(TEXTS, task=task, normalize=False)[:, order.numpy()], atol=1e-5)

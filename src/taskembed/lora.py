@@ -110,11 +110,12 @@ class LoRALinear(nn.Module):
         if single is not None:
             return out + self.scaling * F.linear(F.linear(x, self.lora_A[single]), self.lora_B[single])
         # Mixed tasks: gather each row's factors; rows without a task are zeroed after the fact.
-        # x is (B, L, in) here, task_ids (B,).
+        # x is (B, L, in) here, or (B, in) for one vector per row (the pooler); task_ids (B,).
         idx = task_ids.clamp(min=0)
-        xa = torch.bmm(x, self.lora_A[idx].transpose(1, 2))
-        delta = torch.bmm(xa, self.lora_B[idx].transpose(1, 2))
-        keep = (task_ids >= 0).to(delta.dtype).view(-1, 1, 1)
+        x3 = x.unsqueeze(1) if x.dim() == 2 else x
+        xa = torch.bmm(x3, self.lora_A[idx].transpose(1, 2))
+        delta = torch.bmm(xa, self.lora_B[idx].transpose(1, 2)).view(out.shape)
+        keep = (task_ids >= 0).to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
         return out + self.scaling * delta * keep
 
 
