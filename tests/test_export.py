@@ -49,3 +49,25 @@ def test_export_cli(tiny_dir, tmp_path, capsys):
     assert (tmp_path / "x.onnx").is_file()
     assert main(["export", "--model", str(tiny_dir), "--task", "nope", "--output", str(tmp_path / "y.onnx")]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_onnx_int8_keeps_calibrated_outlier_channels_in_float(tiny_dir, tmp_path):
+    import onnx
+    import torch
+
+    import taskembed
+
+    emb = taskembed.load(tiny_dir)
+    with torch.no_grad():  # one GELU output channel far above the rest, as in trained encoders
+        fc1, fc2 = emb.model.encoder.layers[0].mlp.fc1, emb.model.encoder.layers[0].mlp.fc2
+        fc1.weight[3] *= 40
+        fc1.bias[3] = 40.0
+        fc2.weight[:, 3] /= 40
+    path = export_onnx(emb, "classification", tmp_path / "q.onnx", int8=True)
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    side = [n for n in graph.node if n.op_type == "MatMul" and made_by[n.input[0]].op_type == "Gather"]
+    assert side, "no float MatMul for the outlier channels"
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)  # the rest is int8
+    got, want = _run(path, emb, TEXTS, "classification"), emb.encode(TEXTS, task="classification")
+    assert (got * want).sum(1).min() > 0.995

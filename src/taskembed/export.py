@@ -5,26 +5,62 @@
 Inputs `input_ids` and `attention_mask` (int64, batch x length, right-padded); outputs `text_embeds`
 (token states, batch x length x hidden) and `sentence_embedding` (fp32 masked mean, batch x hidden, not
 normalised: cut to a Matryoshka size, then L2-normalise). The caller prepends the task's instruction
-prefix (kept in the graph's metadata as `task_instruction`). Needs `pip install onnx onnxruntime`.
+prefix (kept in the graph's metadata as `task_instruction`). With --int8, ONNX Runtime's dynamic int8
+(per-channel weights), except for the input channels with outlier magnitudes, found on the package's sample
+passages as `load(..., int8=True)` finds them, which stay in float. Needs `pip install onnx onnxruntime`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .embedder import Embedder, mean_pool
+from .embedder import Embedder, mean_pool, sample_texts
+from .lora import LoRALinear, outlier_channels
+
+
+class _SplitLinear(nn.Module):
+    """Export-time stand-in for a merged Linear before int8: the calibrated outlier input channels (see
+    lora.Int8Linear) leave the quantised product through a mask and take a small float MatMul of their own,
+    which quantisation is told to skip (its input comes from a Gather)."""
+
+    def __init__(self, m: LoRALinear, keep: Tensor) -> None:
+        super().__init__()
+        w = m.weight.detach().float()
+        self.register_buffer("outliers", keep)
+        mask = torch.ones(m.in_features)
+        mask[keep] = 0
+        self.register_buffer("mask", mask)
+        self.main = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        self.side = nn.Linear(keep.numel(), m.out_features, bias=False)
+        with torch.no_grad():
+            self.main.weight.copy_(w * mask)
+            if m.bias is not None:
+                self.main.bias.copy_(m.bias.detach().float())
+            self.side.weight.copy_(w[:, keep])
+
+    def forward(self, x: Tensor, task_ids: object = None) -> Tensor:
+        return self.main(x * self.mask) + self.side(x.index_select(-1, self.outliers))
 
 
 class _SentenceGraph(nn.Module):
-    def __init__(self, emb: Embedder, task: str | None) -> None:
+    def __init__(self, emb: Embedder, task: str | None, split_outliers: bool = False) -> None:
         super().__init__()
         index = None if task is None else emb.task_index(task)
         self.model = emb.model.merged(index) if index is not None else emb.model
+        if split_outliers:
+            if self.model is emb.model:
+                self.model = copy.deepcopy(emb.model)
+            for parent in list(self.model.modules()):
+                for name, child in list(parent.named_children()):
+                    keep = outlier_channels(child.__dict__.get("act_absmax")) if isinstance(child, LoRALinear) else None
+                    if keep is not None:
+                        setattr(parent, name, _SplitLinear(child, keep))
         self.model.eval()
         # Tables for every position up front, so the graph slices constants instead of rebuilding them.
         self.model.rotary.tables(emb.config.max_position_embeddings, torch.device("cpu"), torch.float32)
@@ -46,7 +82,9 @@ def export_onnx(emb: Embedder, task: str | None, path: str | Path, int8: bool = 
         raise ValueError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = _SentenceGraph(emb, task).to("cpu", torch.float32)
+    if int8:  # find the outlier input channels, as load(..., int8=True) does
+        emb._calibrate_int8(sample_texts())
+    graph = _SentenceGraph(emb, task, split_outliers=int8).to("cpu", torch.float32)
     ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])
     mask = (ids != emb.config.pad_token_id).long()
     float_path = path.with_suffix(".fp32.onnx") if int8 else path
@@ -66,7 +104,11 @@ def export_onnx(emb: Embedder, task: str | None, path: str | Path, int8: bool = 
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(float_path), str(path), weight_type=QuantType.QInt8, per_channel=True)
+        made_by = {out: node for node in proto.graph.node for out in node.output}
+        float_side = [n.name for n in proto.graph.node if n.op_type == "MatMul"
+                      and getattr(made_by.get(n.input[0]), "op_type", "") == "Gather"]
+        quantize_dynamic(str(float_path), str(path), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=float_side)
         float_path.unlink()
     return path
 

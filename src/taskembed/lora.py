@@ -197,6 +197,15 @@ OUTLIER_RATIO = 6.0
 MAX_OUTLIERS = 8
 
 
+def outlier_channels(absmax: Tensor | None) -> Tensor | None:
+    """The input channels int8 keeps in float, from a layer's calibrated per-channel magnitudes."""
+    if absmax is None:
+        return None
+    top = absmax.topk(min(MAX_OUTLIERS, absmax.numel()))
+    keep = top.indices[top.values > OUTLIER_RATIO * absmax.median()]
+    return keep if keep.numel() else None
+
+
 class Int8Linear(nn.Module):
     """Dynamic int8 Linear (per-channel weights, per-batch activation scale) whose outlier input channels
     run in float beside it, as LLM.int8() does; the channels come from calibration (record_input_absmax)."""
@@ -209,12 +218,10 @@ class Int8Linear(nn.Module):
         weight = weight.detach().float().clone()
         self.outliers: Tensor | None = None
         self.outlier_weight_t: Tensor | None = None  # (outliers, out)
-        if absmax is not None:
-            top = absmax.topk(min(MAX_OUTLIERS, absmax.numel()))
-            keep = top.indices[top.values > OUTLIER_RATIO * absmax.median()]
-            if keep.numel():
-                self.outliers, self.outlier_weight_t = keep, weight[:, keep].t().contiguous()
-                weight[:, keep] = 0
+        keep = outlier_channels(absmax)
+        if keep is not None:
+            self.outliers, self.outlier_weight_t = keep, weight[:, keep].t().contiguous()
+            weight[:, keep] = 0
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():
             linear.weight.copy_(weight)
