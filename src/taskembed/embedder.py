@@ -123,15 +123,17 @@ class Embedder:
             raise ValueError("int8 quantisation starts from float32 weights; load with dtype='float32'")
         if self.quantized:
             return self
-        texts = sample_texts() if calibration_texts is None else list(calibration_texts)
-        if texts:
-            self._calibrate_int8(texts)
+        if calibration_texts is None or len(calibration_texts):
+            self.calibrate_int8(calibration_texts)
         quantize_int8(self.model)
         self.clear_merged()
         self.quantized = True
         return self
 
-    def _calibrate_int8(self, texts: list[str]) -> None:
+    def calibrate_int8(self, texts: Sequence[str] | None = None) -> None:
+        """Record each Linear's largest input per channel over `texts` (default: the package's sample
+        passages) under every task; int8 (to_int8, export --int8) keeps the outlier channels in float."""
+        texts = sample_texts() if texts is None else list(texts)
         prefixed, task_ids = self.prepare([x for x in texts for _ in self.tasks], self.tasks * len(texts))
         enc = self.tokenizer.encode(prefixed, max_length=512, truncate=True)
 

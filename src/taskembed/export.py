@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .embedder import Embedder, mean_pool, sample_texts
+from .embedder import Embedder, mean_pool
 from .lora import LoRALinear, outlier_channels
 
 
@@ -83,7 +83,7 @@ def export_onnx(emb: Embedder, task: str | None, path: str | Path, int8: bool = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if int8:  # find the outlier input channels, as load(..., int8=True) does
-        emb._calibrate_int8(sample_texts())
+        emb.calibrate_int8()
     graph = _SentenceGraph(emb, task, split_outliers=int8).to("cpu", torch.float32)
     ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])
     mask = (ids != emb.config.pad_token_id).long()
