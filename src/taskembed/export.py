@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .embedder import Embedder, mean_pool
-from .lora import LoRALinear, outlier_channels
+from .lora import LoRALinear, outlier_channels, split_columns
 
 
 class _SplitLinear(nn.Module):
@@ -31,18 +31,18 @@ class _SplitLinear(nn.Module):
 
     def __init__(self, m: LoRALinear, keep: Tensor) -> None:
         super().__init__()
-        w = m.weight.detach().float()
         self.register_buffer("outliers", keep)
         mask = torch.ones(m.in_features)
         mask[keep] = 0
         self.register_buffer("mask", mask)
         self.main = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
         self.side = nn.Linear(keep.numel(), m.out_features, bias=False)
+        main, side = split_columns(m.weight, keep)
         with torch.no_grad():
-            self.main.weight.copy_(w * mask)
+            self.main.weight.copy_(main)
             if m.bias is not None:
                 self.main.bias.copy_(m.bias.detach().float())
-            self.side.weight.copy_(w[:, keep])
+            self.side.weight.copy_(side)
 
     def forward(self, x: Tensor, task_ids: object = None) -> Tensor:
         return self.main(x * self.mask) + self.side(x.index_select(-1, self.outliers))

@@ -206,6 +206,14 @@ def outlier_channels(absmax: Tensor | None) -> Tensor | None:
     return keep if keep.numel() else None
 
 
+def split_columns(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """(weight with the `keep` input columns zeroed, those columns): the int8 and the float part, in fp32."""
+    main = weight.detach().float().clone()
+    side = main[:, keep].clone()
+    main[:, keep] = 0
+    return main, side
+
+
 class Int8Linear(nn.Module):
     """Dynamic int8 Linear (per-channel weights, per-batch activation scale) whose outlier input channels
     run in float beside it, as LLM.int8() does; the channels come from calibration (record_input_absmax)."""
@@ -215,13 +223,13 @@ class Int8Linear(nn.Module):
         from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        weight = weight.detach().float().clone()
-        self.outliers: Tensor | None = None
+        self.outliers = outlier_channels(absmax)
         self.outlier_weight_t: Tensor | None = None  # (outliers, out)
-        keep = outlier_channels(absmax)
-        if keep is not None:
-            self.outliers, self.outlier_weight_t = keep, weight[:, keep].t().contiguous()
-            weight[:, keep] = 0
+        if self.outliers is None:
+            weight = weight.detach().float()
+        else:
+            weight, side = split_columns(weight, self.outliers)
+            self.outlier_weight_t = side.t().contiguous()
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():
             linear.weight.copy_(weight)
