@@ -70,6 +70,20 @@ def st_encode(model, tok, texts: list[str], batch_size: int = 32) -> None:
                                                     mask), dim=-1)
 
 
+def alternating_rounds(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, one call of each per round, so machine load hits them alike.
+    One untimed call of each first (warm-up, and a merged or int8 adapter copy being built)."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--e5-dir", help="HF BertModel directory of multilingual-e5-small (real weights)")
@@ -88,14 +102,7 @@ def main() -> None:
         "taskembed-small, encode(task='retrieval.passage')": lambda: emb.encode(texts, task="retrieval.passage",
                                                                                   max_length=512),
     }
-    for fn in runs.values():  # warm-up (and the merged-adapter copy)
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = alternating_rounds(runs, args.rounds)
     print(f"{len(texts)} real texts (eval suite, 5 languages), {ours_tokens} tokens with the bundled tokenizer, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds")
     print(f"{'':<52}{'texts/s':>10}{'ratio':>8}")

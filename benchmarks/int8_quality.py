@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 import taskembed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from default_model_speed import real_texts  # noqa: E402
+from default_model_speed import alternating_rounds, real_texts  # noqa: E402
 
 TASKS = ["retrieval.passage", "retrieval.query", "classification", "separation"]
 
@@ -89,12 +88,7 @@ def main() -> None:
         cos = (runs["float32"]() * runs["onnxruntime int8"]()).sum(1)
         print(f"{'onnxruntime int8':<20}{cos.mean():>10.4f}{np.percentile(cos, 5):>10.4f}{cos.min():>10.4f}"
               "  (retrieval.passage)")
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = alternating_rounds(runs, args.rounds)
     tokens = sum(fp32.count_tokens(texts, task="retrieval.passage"))
     ref = statistics.median(times["float32"])
     print(f"\nencode speed, median of {args.rounds} rounds ({tokens} tokens)")
