@@ -26,6 +26,14 @@ def test_encode_jsonl_matches_python_api(tiny, tiny_dir):
     np.testing.assert_allclose(np.array([row["embedding"] for row in rows]), want, atol=1e-6)
 
 
+def test_encode_int8_is_close_to_float_and_not_equal(tiny, tiny_dir):
+    r = run("encode", "--model", tiny_dir, "--task", "classification", "--int8", "hello world", "Кошка сидит")
+    assert r.returncode == 0, r.stderr
+    got = np.array([json.loads(line)["embedding"] for line in r.stdout.splitlines()])
+    want = tiny.encode(["hello world", "Кошка сидит"], task="classification")
+    assert np.abs(got - want).max() > 0 and (got * want).sum(1).min() > 0.99
+
+
 def test_encode_stdin_npy(tiny, tiny_dir, tmp_path):
     out = tmp_path / "v.npy"
     r = run("encode", "--model", tiny_dir, "--task", "separation", "--format", "npy", "--output", out,

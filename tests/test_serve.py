@@ -499,6 +499,17 @@ def test_window_too_small_for_the_prefix_is_a_400(tiny):
         create_app(tiny, settings(late_window=10**6))
 
 
+def test_cli_int8_serves_a_quantised_model_and_refuses_it_on_gpu(tiny_dir, capsys, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert serve_main(["--model", str(tiny_dir), "--int8"]) == 0
+    assert seen["app"].state.embedder.quantized
+    assert serve_main(["--model", str(tiny_dir), "--int8", "--device", "meta"]) == 2
+    assert "int8 inference runs on CPU" in capsys.readouterr().err
+
+
 def test_cli_bad_settings(tiny_dir, capsys):
     assert serve_main(["--model", str(tiny_dir), "--default-task", "nope"]) == 2
     assert "default task 'nope' unknown" in capsys.readouterr().err

@@ -10,14 +10,14 @@ import warnings
 import numpy as np
 
 
-def _load(model: str | None):
+def _load(model: str | None, int8: bool = False):
     from . import load
 
-    return load(model)  # None: the bundled default model
+    return load(model, int8=int8)  # None: the bundled default model
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    emb = _load(args.model)
+    emb = _load(args.model, int8=args.int8)
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise SystemExit("error: no input: give TEXT arguments or lines on stdin")
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, default=8192)
     e.add_argument("--progress", action="store_true")
+    e.add_argument("--int8", action="store_true", help="int8 Linear layers on CPU (faster, cosine ~0.998 to fp32)")
     e.set_defaults(func=cmd_encode)
 
     i = sub.add_parser("info", help="print a model's config, tasks, dims and parameter counts")
