@@ -146,6 +146,34 @@ def test_text_matching_adapter_improves_sts(toy):
     assert after > before + 0.2, (before, after)
 
 
+def test_contrastive_stages_bucket_rows_by_length_under_max_tokens(toy, monkeypatch):
+    d, _ = toy
+    emb = taskembed.load(d / "base")
+    rng = random.Random(0)
+    words = TOPICS.passage(0, rng).split()
+    recs = [{"text1": " ".join(words[: rng.randint(1, 12)]), "text2": words[0], "score": 1.0} for _ in range(200)]
+    path = write_jsonl(d / "mixed-lengths.jsonl", recs)
+    ph = dict(stages.COMMON, max_length=16, max_tokens=48, batch_size=8)
+    length = stages._longest_text(emb, ph)
+    stream = stages._stream(stages._sources([str(path)], ph, ("scored",)), ph, length)
+    sizes = []
+    for _ in range(40):
+        b = next(stream)
+        longest = max(min(n, 16) for n in emb.tokenizer.count_tokens([t for r in b.records
+                                                                      for t in (r["text1"], r["text2"])]))
+        assert len(b.records) <= 8 and (len(b.records) == 1 or len(b.records) * longest <= 48)
+        sizes.append(len(b.records))
+    assert max(sizes) == 8 and min(sizes) < 8  # short rows fill a batch, long ones make it smaller
+    # Both contrastive stages hand the stream a length function (max_tokens used to be MLM-only).
+    seen = []
+    real = stages._stream
+    monkeypatch.setattr(stages, "_stream", lambda s, p, fn=None: seen.append(fn) or real(s, p, fn))
+    stages.run_adapters(_settings(toy, "base", "adapter-bucketed", ["scored"], steps=2, max_tokens=48),
+                        "text-matching", resume=False)
+    stages.run_pairs(_settings(toy, "base", "pairs-bucketed", ["pairs"], steps=2, max_tokens=48), resume=False)
+    assert len(seen) == 2 and all(fn is not None for fn in seen)
+
+
 def test_new_task_adapter_via_cli(toy):
     d, files = toy
     model = d / "base-lora"  # every built-in adapter non-zero, so "unchanged" means something

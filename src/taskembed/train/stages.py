@@ -23,7 +23,7 @@ from ..checkpoint import load
 from ..embedder import Embedder
 from ..lora import lora_parameters
 from . import dist
-from .data import BatchStream, ClassificationTuples, Source
+from .data import BatchStream, ClassificationTuples, Source, record_texts
 from .loop import TrainConfig, Trainer
 from .objectives import MLM, Contrastive, LMHead
 
@@ -160,6 +160,17 @@ def _sources(files: list[str], ph: dict, accept: tuple[str, ...], classification
     return out
 
 
+def _longest_text(emb: Embedder, ph: dict) -> Callable[[dict], int]:
+    """A record's longest text in tokens (capped at max_length): what one row of a contrastive batch costs,
+    so that `max_tokens` buckets pairs and tuples by length as it does MLM texts."""
+    cap, tok = int(ph["max_length"]), emb.tokenizer
+
+    def length(r: dict) -> int:
+        return min(max(tok.count_tokens(record_texts(r))), cap)
+
+    return length
+
+
 def _stream(sources: list, ph: dict, length_fn=None) -> BatchStream:
     return BatchStream(sources, batch_size=int(ph["batch_size"]), weights=ph["weights"] or None,
                        seed=int(ph["seed"]), max_tokens=int(ph["max_tokens"]) or None, length_fn=length_fn,
@@ -283,7 +294,7 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
         obj = Contrastive(emb.config, -1, -1, tau=float(ph["tau"]), dims=_dims(ph, emb),
                           weights=ph["matryoshka_weights"])
         sources = _sources(ph["data"], ph, ("pairs", "tuples", "scored"))
-        return obj, _stream(sources, ph), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
+        return obj, _stream(sources, ph, _longest_text(emb, ph)), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
 
     history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
     model.rotary_emb_base = emb.config.rotary_emb_base
@@ -319,8 +330,9 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
         obj = Contrastive(cfg, q_task, d_task, tau=float(ph["tau"]), dims=_dims(ph, emb),
                           weights=ph["matryoshka_weights"])
         sources = _sources(ph["data"], ph, ACCEPTS[kind], classification=kind == "classification")
-        return obj, _stream(sources, ph), {"adapter_tasks": tasks, "trainable": lora_parameters(model),
-                                           "eval_fn": _eval_fn(emb, ph, q_task, d_task)}
+        extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
+                 "eval_fn": _eval_fn(emb, ph, q_task, d_task)}
+        return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
 
     history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
     model.rotary_emb_base = cfg.rotary_emb_base
