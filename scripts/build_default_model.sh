@@ -4,7 +4,7 @@
 #   scripts/build_default_model.sh                      # all steps; CPU: hours
 #   DEVICE=cuda scripts/build_default_model.sh          # on a GPU: minutes
 #   STEPS="convert distill" scripts/build_default_model.sh   # a subset, in order
-#   STEPS="fetch data hf prune bundle" scripts/build_default_model.sh, then on a lent GPU (device tool,
+#   STEPS="fetch data hf prune scored bundle" scripts/build_default_model.sh, then on a lent GPU (device tool,
 #   carry .gpu, move data/eval out of the tree for the call): scripts/gpu_remote.sh
 #
 # Time budgets (seconds, 0 = run the configured steps): DISTILL_SECONDS, PAIRS_SECONDS, ADAPTER_SECONDS.
@@ -19,7 +19,7 @@ WORK="${WORK:-/tmp/taskembed-model}"
 NAME="${NAME:-taskembed-small}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-2}"
-STEPS="${STEPS:-fetch data hf prune convert distill pairs soup adapters reorder eval package}"
+STEPS="${STEPS:-fetch data hf prune convert distill pairs soup scored adapters reorder eval package}"
 DISTILL_STEPS="${DISTILL_STEPS:-6000}"
 DISTILL_SECONDS="${DISTILL_SECONDS:-0}"
 PAIRS_SECONDS="${PAIRS_SECONDS:-0}"
@@ -28,6 +28,7 @@ MAX_PIECES="${MAX_PIECES:-60000}"
 LONG_LENGTH="${LONG_LENGTH:-4096}"
 LONG_TOKENS="${LONG_TOKENS:-16384}"
 EVAL_DATA="${EVAL_DATA:-$ROOT/data/eval}"
+TEXT_MATCHING="${TEXT_MATCHING:-base}"  # base: ship text-matching as a no-op without prefix; trained: keep it
 EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage, e.g. "--steps 2" for a dry run
 D="$WORK/data"
 mkdir -p "$WORK"
@@ -88,13 +89,21 @@ for f in ("config.json", "tokenizer.json"):
     shutil.copy(b / f, out / f)
 PYEOF
       ;;
+    scored)  # Graded pairs for text-matching's CoSENT loss: the teacher's cosines on training-side text.
+      rm -rf "$WORK/scored"
+      "$PY" -m taskembed.train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
+        --n 1200 --max-tokens 384 --documents "$D"/lohelp-text-*.jsonl "$D"/wordnet-*.jsonl "$D"/manpage-retrieval-*.jsonl
+      "$PY" -m taskembed.train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
+        --n 2000 --words "$D"/wordnet-*.jsonl "$D"/freedict-*.jsonl "$D"/cldr-*.jsonl \
+        --sentences "$D"/wordnet-*.jsonl "$D"/lohelp-text-*.jsonl "$D"/gettext-*.jsonl \
+        --translations "$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl ;;
     adapters)  # Stage III on the frozen backbone: each adapter with its paper loss, one after the other.
       prev="$WORK/backbone"
       for task in retrieval text-matching classification separation; do
         case "$task" in
           retrieval) files=("$D"/lohelp-index-*.jsonl "$D"/lohelp-title-*.jsonl "$D"/manpage-retrieval-*.jsonl
                             "$D"/wordnet-*.jsonl) ;;
-          text-matching) files=("$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl) ;;
+          text-matching) files=("$WORK"/scored/scored-*.jsonl) ;;
           classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl) ;;
           separation) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl) ;;
         esac
@@ -102,7 +111,22 @@ PYEOF
           --output "$WORK/adapter-$task" --device "$DEVICE" --fresh $(budget "$ADAPTER_SECONDS") $EXTRA_TRAIN --data "${files[@]}"
         prev="$WORK/adapter-$task"
       done
-      rm -rf "$WORK/final" && cp -r "$prev" "$WORK/final" ;;
+      rm -rf "$WORK/final" && cp -r "$prev" "$WORK/final"
+      if [[ "$TEXT_MATCHING" == base ]]; then
+        # What ships: text-matching as the base model without a prefix, until a trained adapter beats it
+        # (the CPU-length runs so far lowered STS and bitext mining; see the model README).
+        "$PY" - "$WORK/final" <<'PYEOF'
+import sys, taskembed
+emb = taskembed.load(sys.argv[1])
+t = emb.tasks.index("text-matching")
+for m in emb.model.modules():
+    if hasattr(m, "reset_lora"):
+        m.reset_lora(t)
+emb.config.task_instructions["text-matching"] = ""
+emb.clear_merged()
+emb.save(sys.argv[1])
+PYEOF
+      fi ;;
     reorder)  # Channels that separate retrieval pairs first, so short Matryoshka cuts keep more (exact).
       rm -rf "$WORK/final-reordered"
       "$PY" -m taskembed.train.reorder "$WORK/final" "$WORK/final-reordered" --pairs 2000 \
@@ -117,6 +141,8 @@ PYEOF
       mkdir -p "$ROOT/.gpu"
       "$PY" "$ROOT/scripts/q4pack.py" pack "$WORK/hf-pruned" "$ROOT/.gpu/teacher.q4.safetensors"
       tar cJf "$ROOT/.gpu/data.tar.xz" -C "$D" .
+      # The teacher's scored pairs are made here (step scored, CPU minutes), not on the leased machine.
+      tar cJf "$ROOT/.gpu/scored.tar.xz" -C "$WORK/scored" .
       tasks=$(tr ' ' '\n' < "$ROOT/configs/default/eval_tasks.txt" | grep -v @)
       tar cJf "$ROOT/.gpu/eval.tar.xz" -C "$EVAL_DATA" $tasks
       du -sh "$ROOT"/.gpu/* ;;

