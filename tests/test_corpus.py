@@ -150,3 +150,25 @@ def test_ray_engine_equals_local(tiny, tiny_dir, jsonl, tmp_path):
     assert a.column("id").to_pylist() == b.column("id").to_pylist()
     assert a.column("lang").to_pylist() == b.column("lang").to_pylist()
     np.testing.assert_allclose(_vectors(a), _vectors(b), atol=1e-6)
+
+
+def test_cli_int8_writes_calibrated_int8_vectors_and_keeps_them_apart(tiny, tiny_dir, jsonl, tmp_path):
+    import taskembed
+
+    out = tmp_path / "out"
+    args = [str(jsonl), "--output", str(out), "--model", str(tiny_dir), "--dimensions", "32", "--threads", "1"]
+    r = _cli(args + ["--int8"], {})
+    assert r.returncode == 0, r.stderr
+    texts = [row["text"] for row in _rows()]
+    got = _vectors(corpus.read_output(out))
+    want = taskembed.load(tiny_dir, int8=True).encode(texts, task="retrieval.passage", dimensions=32)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # the same int8 model as load(int8=True)
+    fp32 = tiny.encode(texts, task="retrieval.passage", dimensions=32)
+    assert np.abs(got - fp32).max() > 1e-4 and (got * fp32).sum(1).min() > 0.98
+    assert corpus.read_manifest(out)["params"]["int8"] is True
+    # Resuming the same output without --int8 would mix two models' vectors: refused.
+    r = _cli(args, {})
+    assert r.returncode == 2 and "int8" in r.stderr, r.stderr
+    r = _cli([str(jsonl), "--output", str(tmp_path / "gpu"), "--model", str(tiny_dir), "--int8", "--device", "cuda"],
+             {})
+    assert r.returncode == 2 and "--int8 runs on CPU" in r.stderr, r.stderr

@@ -203,15 +203,19 @@ class Job:
     max_length: int = 8192
     late_chunking: bool = False
     chunk_size: int = 1000
+    int8: bool = False
 
     def params(self) -> dict[str, Any]:
         """What the output depends on; a resumed run must match it exactly."""
-        return {
+        out = {
             "model": self.model, "task": self.task, "dimensions": self.dimensions, "precision": self.precision,
             "text_field": self.text_field, "id_field": self.id_field, "keep": list(self.keep),
             "shard_size": self.shard_size, "max_length": self.max_length, "late_chunking": self.late_chunking,
             "chunk_size": self.chunk_size if self.late_chunking else None,
         }
+        if self.int8:  # only when set, so outputs written before the option existed still resume
+            out["int8"] = True
+        return out
 
 
 def shard_name(k: int) -> str:
@@ -417,7 +421,8 @@ class _RayEmbedder:
 
         torch.set_num_threads(max(1, threads))
         self.job = job
-        self.emb = load(job.model, device="cuda" if torch.cuda.is_available() else None)
+        self.emb = load(job.model, device=None if job.int8 or not torch.cuda.is_available() else "cuda",
+                        int8=job.int8)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import pyarrow as pa
@@ -528,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="Ray: model replicas (actors)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="Ray: GPUs per actor")
     p.add_argument("--device", help="torch device for the local engine, e.g. cuda")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 Linear layers on CPU (calibrated; cosine ~0.998 to fp32, faster on CPU)")
     p.add_argument("--threads", type=int, help="torch threads (default: all local cores)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing output in --output")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -543,7 +550,8 @@ def job_from_args(args: argparse.Namespace) -> Job:
                task=None if args.task in ("none", "") else args.task, dimensions=args.dimensions,
                precision=args.precision, text_field=args.text_field, id_field=args.id_field,
                keep=tuple(args.keep), shard_size=args.shard_size, batch_size=args.batch_size,
-               max_length=args.max_length, late_chunking=args.late_chunking, chunk_size=args.chunk_size)
+               max_length=args.max_length, late_chunking=args.late_chunking, chunk_size=args.chunk_size,
+               int8=args.int8)
 
 
 def main(argv: list[str]) -> int:
@@ -551,6 +559,8 @@ def main(argv: list[str]) -> int:
     try:
         job = job_from_args(args)
         input_kind(job.input)
+        if job.int8 and ((args.device or "cpu") != "cpu" or args.gpus_per_worker):
+            raise ValueError("--int8 runs on CPU; on a GPU leave it out (the model runs in its own dtype)")
         if args.engine == "ray":
             manifest = run_ray(job, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                                overwrite=args.overwrite, progress=not args.quiet)
@@ -560,7 +570,7 @@ def main(argv: list[str]) -> int:
             from . import load
 
             torch.set_num_threads(args.threads or os.cpu_count() or 1)  # all local cores, not torch's guess
-            emb = load(job.model, device=args.device)
+            emb = load(job.model, device=args.device, int8=job.int8)
             manifest = run(job, emb, overwrite=args.overwrite, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
