@@ -152,6 +152,8 @@ import sys, torch, taskembed
 emb = taskembed.load(sys.argv[1])
 emb.save(sys.argv[2], dtype=torch.float16)
 PYEOF
+      # the reorder step's permutation: comparisons with the teacher, channel by channel, need it
+      [[ -f "$WORK/final/channel_order.json" ]] && cp "$WORK/final/channel_order.json" "$ROOT/src/taskembed/models/$NAME/"
       du -sh "$ROOT/src/taskembed/models/$NAME" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

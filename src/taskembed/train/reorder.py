@@ -11,6 +11,10 @@ which is channel c's share of the gap between a matching pair's cosine and that 
 channels that carry the retrieval signal, rather than those with a large constant offset or noise.
 
     python -m taskembed.train.reorder MODEL OUT --data FILES... [--pairs 2000]
+
+OUT/channel_order.json records the permutation (output channel j is input channel order[j]): anything that
+compares the model with its unreordered self or with its distillation teacher, channel by channel, needs it
+(`embedding[:, argsort(order)]` restores the old order; so does `Encoder.permute_hidden(argsort(order))`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 import torch
 
 from ..embedder import Embedder
+
+ORDER_FILE = "channel_order.json"
 
 
 def channel_scores(queries: np.ndarray, passages: np.ndarray) -> np.ndarray:
@@ -85,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     order = channel_order(emb, [a for a, _ in pairs], [b for _, b in pairs])
     emb.model.permute_hidden(order)
     emb.save(args.output, dtype=getattr(torch, saved_dtype, torch.float32))
+    prev = Path(args.model) / ORDER_FILE
+    if prev.exists():  # reordering twice composes the two permutations
+        order = torch.tensor(json.loads(prev.read_text())["order"])[order]
+    Path(args.output, ORDER_FILE).write_text(json.dumps({"order": order.tolist(), "pairs": len(pairs)}) + "\n")
     print(f"reordered {len(order)} channels on {len(pairs)} pairs; first 16: {order[:16].tolist()} -> {args.output}")
     return 0
 
