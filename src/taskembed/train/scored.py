@@ -88,6 +88,14 @@ def score_pairs(teacher: Teacher, pairs: Sequence[tuple[str, str]],
     return [{"text1": a, "text2": b, "score": round(float(emb[pos[a]] @ emb[pos[b]]), 5)} for a, b in pairs]
 
 
+def _nearest(teacher: Teacher, texts: Sequence[str], k: int, cache: dict[str, np.ndarray] | None) -> np.ndarray:
+    """(len(texts), min(k, len - 1)) indices of each text's nearest others by the teacher's cosine."""
+    emb = torch.from_numpy(teacher_embed(teacher, texts, cache=cache))
+    sims = emb @ emb.T
+    sims.fill_diagonal_(-2.0)
+    return sims.topk(min(k, len(texts) - 1), dim=1).indices.numpy()
+
+
 def neighbour_pairs(teacher: Teacher, texts: Sequence[str], rng: random.Random, n: int, k: int = 10,
                     near: float = 0.6, cache: dict[str, np.ndarray] | None = None) -> list[tuple[str, str]]:
     """n pairs from a pool of up to 4n texts: with probability `near` an anchor and one of its k nearest
@@ -95,11 +103,8 @@ def neighbour_pairs(teacher: Teacher, texts: Sequence[str], rng: random.Random, 
     pool = rng.sample(list(texts), min(len(texts), 4 * n))
     if len(pool) < 2:
         return []
-    emb = torch.from_numpy(teacher_embed(teacher, pool, cache=cache))
-    k = min(k, len(pool) - 1)
-    sims = emb @ emb.T
-    sims.fill_diagonal_(-2.0)
-    nearest = sims.topk(k, dim=1).indices.numpy()
+    nearest = _nearest(teacher, pool, k, cache)
+    k = nearest.shape[1]
     out = []
     for _ in range(n):
         i = rng.randrange(len(pool))
@@ -115,10 +120,7 @@ def translation_pairs(teacher: Teacher, pairs: Sequence[tuple[str, str]], rng: r
     pool = rng.sample(list(pairs), min(len(pairs), 2 * n))
     if len(pool) < 2:
         return []
-    emb = torch.from_numpy(teacher_embed(teacher, [a for a, _ in pool], cache=cache))
-    sims = emb @ emb.T
-    sims.fill_diagonal_(-2.0)
-    nearest = sims.topk(min(k, len(pool) - 1), dim=1).indices.numpy()
+    nearest = _nearest(teacher, [a for a, _ in pool], k, cache)
     out = []
     for _ in range(n):
         i = rng.randrange(len(pool))
