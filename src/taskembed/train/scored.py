@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def count(text: str) -> int:
         if text not in counts:
-            counts[text] = len(teacher.tokenizer.encode([text], 100000).ids[0]) - 2
+            counts[text] = teacher.tokenizer.count_tokens([text])[0] - 2  # without <s> and </s>
         return counts[text]
 
     made = {}

@@ -161,8 +161,8 @@ def _sources(files: list[str], ph: dict, accept: tuple[str, ...], classification
 
 
 def _longest_text(emb: Embedder, ph: dict) -> Callable[[dict], int]:
-    """A record's longest text in tokens (capped at max_length): what one row of a contrastive batch costs,
-    so that `max_tokens` buckets pairs and tuples by length as it does MLM texts."""
+    """A record's longest text in tokens (capped at max_length): what one row of a batch costs, for the
+    `max_tokens` length buckets of every stage (an MLM text, a pair's longer side, a tuple's longest)."""
     cap, tok = int(ph["max_length"]), emb.tokenizer
 
     def length(r: dict) -> int:
@@ -264,14 +264,9 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
         sources = _sources(ph["data"], ph, ("raw", "labelled"))
-        cap = int(ph["max_length"])
-        tok = emb.tokenizer
-
-        def length(r):
-            return min(tok.count_tokens([r["text"]])[0], cap)
-        obj = MLM(tok, head, max_length=cap, prob=float(ph["mask_prob"]), seed=int(ph["seed"]),
-                  micro_tokens=int(ph["micro_tokens"]) or None)
-        return obj, _stream(sources, ph, length), {"modules": {"head": head}}
+        obj = MLM(emb.tokenizer, head, max_length=int(ph["max_length"]), prob=float(ph["mask_prob"]),
+                  seed=int(ph["seed"]), micro_tokens=int(ph["micro_tokens"]) or None)
+        return obj, _stream(sources, ph, _longest_text(emb, ph)), {"modules": {"head": head}}
 
     for ph in phases:
         ph["_head"] = head
