@@ -6,6 +6,8 @@ the variants are interleaved round by round so machine load hits them alike.
 
 Rows: tokens/s per variant and its ratio to the transformers baseline; single-query latency (batch 1, ~20
 tokens); LoRA cost (mixed tasks in one batch vs one merged task); peak RSS growth per variant.
+`--system-malloc` leaves glibc's malloc thresholds alone (taskembed raises them on CPU: taskembed/allocator.py);
+either way the setting is process-wide, so the baseline runs under the same allocator as every other row.
 Needs `pip install transformers psutil` (the [bench] extra).
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import statistics
 import time
 
 import torch
 
+from taskembed.allocator import DISABLE_ENV, tune_cpu_allocator
 from taskembed.config import EncoderConfig
 from taskembed.embedder import Embedder, mean_pool
 from taskembed.encoder import Encoder
@@ -116,7 +120,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32 and int8 (pip install onnxruntime)")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc malloc as it is (taskembed raises its thresholds on CPU, for every row alike)")
     args = ap.parse_args()
+    if args.system_malloc:
+        os.environ[DISABLE_ENV] = "0"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -124,7 +132,8 @@ def main() -> None:
     dims = [d for d in (32, 64, 128, 256, 512, 768, 1024) if d <= size["hidden_size"]]
     cfg = EncoderConfig(**size, matryoshka_dimensions=dims, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     print(f"config {args.size}: {cfg.num_hidden_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU {torch.backends.cpu.get_cpu_capability()}")
 
     base_rss = rss_mib()
     model = Encoder(cfg, add_pooling_layer=False)
@@ -160,7 +169,8 @@ def main() -> None:
         for name, int8 in (("onnxruntime fp32 merged task", False), ("onnxruntime int8 merged task", True)):
             sess = ort_session(export_onnx(ours, "retrieval.passage", f"{tmp}/{int(int8)}.onnx", int8=int8))
             variants[name] = lambda seqs, sess=sess: ort_encode(sess, seqs)
-    print(f"models built; RSS grew {rss_mib() - base_rss:.0f} MiB")
+    # The process-wide malloc setting applies to the baseline's allocations as much as to ours.
+    print(f"models built; RSS grew {rss_mib() - base_rss:.0f} MiB; malloc thresholds raised: {tune_cpu_allocator()}")
 
     for kind in args.lengths:
         seqs = make_inputs(kind, cfg.vocab_size)

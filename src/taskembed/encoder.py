@@ -10,7 +10,7 @@ it one to one (see checkpoint.py).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class Packed:
     offsets: Tensor  # (N + 1,) start of each sequence, then the total
     positions: Tensor  # (T,) rotary position of each token, restarting at 0 per sequence
     spans: Spans  # (task, start, end): token ranges that share one adapter
+    rotary_tables: dict = field(default_factory=dict, repr=False, compare=False)  # Rotary.packed_tables
 
     @classmethod
     def build(cls, seqlens: list[int], tasks: list[int], device: torch.device) -> Packed:
@@ -94,6 +95,7 @@ class Rotary(nn.Module):
         self._cache.clear()
 
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(cos, sin) for positions 0..length-1: cos over the full head dim (L, D), sin over half (L, D/2)."""
         key = (device, dtype)
         hit = self._cache.get(key)
         if hit is None or hit[0].shape[0] < length:
@@ -103,24 +105,42 @@ class Rotary(nn.Module):
             )
             t = torch.arange(n, device=device, dtype=torch.float32)
             freqs = torch.outer(t, inv_freq)
-            hit = (torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype))
+            cos = torch.cos(freqs)
+            hit = (torch.cat((cos, cos), dim=-1).to(dtype), torch.sin(freqs).to(dtype))
             self._cache[key] = hit
         return hit[0][:length], hit[1][:length]
 
-    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+    def packed_tables(self, packed: Packed, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Per-token (cos, sin) of a packed batch: gathered once per forward pass, shared by every layer."""
+        key = (device, dtype, self.base)
+        hit = packed.rotary_tables.get(key)
+        if hit is None:
+            cos, sin = self.tables(max(packed.seqlens), device, dtype)
+            hit = packed.rotary_tables[key] = (cos[packed.positions], sin[packed.positions])
+        return hit
+
+    def forward(self, x: Tensor, packed: Packed | None = None) -> Tensor:
         """x*cos + rotate_half(x)*sin, halves not interleaved.
 
-        x is (B, H, L, D) with positions 0..L-1, or packed (T, H, D) with the given per-token positions.
+        x is (..., L, D) with positions 0..L-1 (Q and K may be stacked in the leading dims), or with
+        `packed`, (T, ..., D) with the batch's per-token positions.
         """
-        if positions is None:
+        if packed is None:
             cos, sin = self.tables(x.shape[-2], x.device, x.dtype)
         else:
-            cos, sin = self.tables(int(positions.max()) + 1, x.device, x.dtype)
-            cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
-        cos = torch.cat((cos, cos), dim=-1)
-        sin = torch.cat((sin, sin), dim=-1)
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+            cos, sin = self.packed_tables(packed, x.device, x.dtype)
+            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
+            cos, sin = cos.view(shape), sin.view(shape)
+        h = x.shape[-1] // 2
+        x1, x2 = x[..., :h], x[..., h:]
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return x * cos + torch.cat((-x2 * sin, x1 * sin), dim=-1)
+        # Same arithmetic as the line above (each product rounded, then added), without its three
+        # full-size temporaries: this runs on Q and K of every layer.
+        out = x * cos
+        out[..., :h].addcmul_(x2, sin, value=-1)
+        out[..., h:].addcmul_(x1, sin)
+        return out
 
 
 # --- 3. Attention: fused QKV, rotary on Q and K, SDPA with a key-padding mask ---------------------
@@ -145,8 +165,8 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         # Output rows are laid out (3, heads, head_dim): Q block, then K, then V.
         qkv = self.Wqkv(x, task_ids).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.rotary(q), self.rotary(k)
+        qk = self.rotary(qkv[:2])  # Q and K in one pass
+        q, k, v = qk[0], qk[1], qkv[2]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0
         )
@@ -155,8 +175,9 @@ class Attention(nn.Module):
 
     def _forward_packed(self, x: Tensor, packed: Packed) -> Tensor:
         t = x.shape[0]
-        q, k, v = self.Wqkv(x, packed.spans).view(t, 3, self.num_heads, self.head_dim).unbind(1)
-        q, k = self.rotary(q, packed.positions), self.rotary(k, packed.positions)
+        qkv = self.Wqkv(x, packed.spans).view(t, 3, self.num_heads, self.head_dim)
+        qk = self.rotary(qkv[:, :2], packed)  # Q and K in one pass
+        q, k, v = qk[:, 0], qk[:, 1], qkv[:, 2]
         dropout = self.dropout_p if self.training else 0.0
         if self.nested_attention if self.nested_attention is not None else x.is_cuda:
             # Jagged nested tensors reach the varlen flash / memory-efficient kernels in one call.

