@@ -157,7 +157,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
             rotary_base: float = 10000.0, time_limit_s: float = 0.0, log=None,
             long_sources: list[list[str]] | None = None, long_every: int = 0, long_length: int = 4096,
             long_tokens: int = 16384, insert_weight: float = 0.0,
-            insert_texts: list[str] | None = None) -> list[float]:
+            insert_texts: list[str] | None = None, cpu_bf16: bool = False) -> list[float]:
     """Train all student weights toward the teacher; returns the loss per step.
 
     Each text gets the "query: " or "passage: " prefix at random, so both of mE5's modes are kept.
@@ -165,10 +165,11 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     against the windowed teacher. time_limit_s > 0 stops early with the schedule still decaying to the end.
     insert_weight > 0 adds insertion_loss on every short batch, the inserted sentences drawn from
     insert_texts (default: the texts up to 200 characters).
-    The device is the student's; on CUDA both models run under bf16 autocast, the losses in fp32.
+    The device is the student's; on CUDA (and on CPU with cpu_bf16) both models run under bf16 autocast, the
+    losses in fp32.
     """
     device = next(model.parameters()).device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cpu_bf16)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -209,7 +210,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         else:
             batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
             if insert_weight:
-                batch += [insert_sentence(t, insert_texts[rng.randrange(len(insert_texts))], rng, max_length * 2)
+                batch += [insert_sentence(t, insert_texts[rng.randrange(len(insert_texts))], rng, max_length * 3)
                           for t in batch]
             ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
         ids, mask = ids.to(device), mask.to(device)
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=0.0, help="seconds; 0 = no limit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on CUDA)")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="bf16 autocast on CPU too (about 1.6x faster where the CPU has AVX-512 BF16)")
     p.add_argument("--long-data", nargs="*", default=[], help="JSONL files whose texts are joined into long "
                    "documents (one source per document); default: --data")
     p.add_argument("--long-every", type=int, default=0, help="every Kth step is a long batch; 0 = never")
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-before", action="store_true", help="skip the fidelity check before training")
     p.add_argument("--insert-weight", type=float, default=0.0,
                    help="weight of the inserted-sentence term (fine detail); 0 = off")
+    p.add_argument("--join-chars", type=int, default=0,
+                   help="short-batch texts are consecutive texts of one file joined to this many characters")
     p.add_argument("--insert-data", nargs="*", default=[], help="JSONL files of sentences to insert; "
                    "default: the --data texts up to 200 characters")
     p.add_argument("--fold-positions", type=int, default=128,
@@ -322,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     emb = load(args.student, dtype=torch.float32, device=args.device)
     by_file = [read_texts(f) for f in args.data]
     texts = [t for ts in by_file for t in ts]
+    if args.join_chars:  # documents rather than paragraphs: one inserted sentence is then a needle
+        texts = long_samples([ts for ts in by_file if ts], random.Random(args.seed), len(texts), args.join_chars)
     long_sources = [ts for ts in ([read_texts(f) for f in args.long_data] if args.long_data else by_file) if ts]
     report: dict = {"texts": len(texts)}
     ev = read_texts(args.eval, args.eval_n) if args.eval else []
@@ -346,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     losses = distill(emb.model, teacher, texts, args.steps, args.batch_size, args.lr, args.max_length,
                      args.seed, time_limit_s=args.time_limit, long_sources=long_sources,
                      long_every=args.long_every, long_length=args.long_length, long_tokens=args.long_tokens,
-                     insert_weight=args.insert_weight,
-                     insert_texts=[t for f in args.insert_data for t in read_texts(f, min_chars=10)] or None)
+                     insert_weight=args.insert_weight, cpu_bf16=args.cpu_bf16,
+                     insert_texts=[t for f in args.insert_data for t in read_texts(f, min_chars=10)]
+                     or [t for ts in by_file for t in ts if len(t) <= 200] or None)
     report.update(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, steps=len(losses),
                   insert_weight=args.insert_weight,
                   seconds=round(time.time() - t0, 1), first_loss=losses[0], last_loss=losses[-1])
