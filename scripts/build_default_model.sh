@@ -33,6 +33,22 @@ EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage,
 D="$WORK/data"
 mkdir -p "$WORK"
 budget() { [[ "$1" == 0 ]] || echo "--set max_seconds=$1"; }
+# soup A B OUT W: (1 - W) x A + W x B, weight by weight; config, tokenizer and channel order from B.
+soup() {
+  "$PY" - "$@" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+a, b, out, w = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+out.mkdir(parents=True, exist_ok=True)
+save_file({k: ((1 - w) * sa[k].float() + w * sb[k].float()).contiguous() for k in sa},
+          str(out / "model.safetensors"), metadata={"format": "pt"})
+for f in ("config.json", "tokenizer.json", "channel_order.json"):
+    if (b / f).is_file():
+        shutil.copy(b / f, out / f)
+PYEOF
+}
 
 for step in $STEPS; do
   echo "== $step $(date +%T)" >&2
@@ -76,19 +92,7 @@ PYEOF
                "$D"/cldr-*.jsonl "$D"/freedict-*.jsonl "$D"/wordnet-*.jsonl "$D"/manpage-retrieval-*.jsonl ;;
     soup)   # Stage II on this narrow data alone costs general-text quality (held-out translations drift
             # apart); 0.7 x distilled + 0.3 x pair-trained weights keep both (WiSE-FT-style interpolation).
-      "$PY" - "$WORK/distilled" "$WORK/pairs" "$WORK/backbone" "${SOUP:-0.3}" <<'PYEOF'
-import shutil, sys
-from pathlib import Path
-from safetensors.torch import load_file, save_file
-a, b, out, w = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
-sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-out.mkdir(parents=True, exist_ok=True)
-save_file({k: ((1 - w) * sa[k].float() + w * sb[k].float()).contiguous() for k in sa},
-          str(out / "model.safetensors"), metadata={"format": "pt"})
-for f in ("config.json", "tokenizer.json"):
-    shutil.copy(b / f, out / f)
-PYEOF
-      ;;
+      soup "$WORK/distilled" "$WORK/pairs" "$WORK/backbone" "${SOUP:-0.3}" ;;
     scored)  # Graded pairs for text-matching's CoSENT loss: the teacher's cosines on training-side text.
       rm -rf "$WORK/scored"
       "$PY" -m taskembed.train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
@@ -135,7 +139,9 @@ PYEOF
     detail)  # Fine detail: the embedding change one inserted sentence makes, pulled toward the teacher's
              # (needle / pass-key retrieval), on documents of joined help paragraphs, mostly English. Channel
              # order aware, so it runs on the reordered model; the adapters are kept. Three CPU runs (bf16
-             # autocast, about 50 min on 2 cores): steps, tokens, batch, characters per document, seed.
+             # autocast, about 50 min on 2 cores): steps, tokens, batch, characters per document, seed. Alone
+             # it cost short-text tasks (STS, bitext), so what ships is the half-way point (soup 0.5).
+      rm -rf "$WORK/before-detail" && cp -r "$WORK/final" "$WORK/before-detail"
       for run in "140 256 8 1000 0" "200 256 8 1000 1" "250 512 4 2000 2"; do
         read -r steps len bs chars seed <<< "$run"
         rm -rf "$WORK/final-detail"
@@ -145,7 +151,9 @@ PYEOF
           "$D"/lohelp-text-{de,fr,ja,ru,zh-cn,es}.jsonl --insert-weight 1.0 --lr 5e-5 \
           --steps "$steps" --max-length "$len" --batch-size "$bs" --join-chars "$chars" --seed "$seed"
         rm -rf "$WORK/final" && mv "$WORK/final-detail" "$WORK/final"
-      done ;;
+      done
+      rm -rf "$WORK/final-detail" && mv "$WORK/final" "$WORK/final-detail"
+      soup "$WORK/before-detail" "$WORK/final-detail" "$WORK/final" "${DETAIL_SOUP:-0.5}" ;;
     eval)
       # The 32-task cross-section of the README's baseline table, plus long inputs beyond mE5's 512 tokens.
       $TASKEMBED eval --model "$WORK/final" --data-dir "$EVAL_DATA" --limit 100 --keep-going \
