@@ -186,7 +186,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     if insert_weight:
         insert_texts = insert_texts or [t for t in texts if len(t) <= 200] or texts
     # The inserted-sentence term compares two rows whose difference is small: different dropout masks on
-    # them would be most of it, so that term trains without dropout.
+    # them would be most of it, so a run with that term trains without dropout throughout.
     model.train(not insert_weight)
     losses: list[float] = []
     t0 = time.time()
