@@ -107,6 +107,9 @@ def long_samples(texts_by_source: list[list[str]], rng: random.Random, n: int, c
     return out
 
 
+INSERT_MAX_CHARS = 200  # texts up to this long are the default pool of sentences to insert
+
+
 def insert_sentence(text: str, sentence: str, rng: random.Random, max_chars: int) -> str:
     """`text` with `sentence` put between two of its sentences (or at an end), within its first max_chars
     characters so that truncation keeps it."""
@@ -164,7 +167,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     Every `long_every`-th step is a long batch: documents of `long_length` tokens (long_tokens per batch)
     against the windowed teacher. time_limit_s > 0 stops early with the schedule still decaying to the end.
     insert_weight > 0 adds insertion_loss on every short batch, the inserted sentences drawn from
-    insert_texts (default: the texts up to 200 characters).
+    insert_texts (default: the texts up to INSERT_MAX_CHARS characters).
     The device is the student's; on CUDA (and on CPU with cpu_bf16) both models run under bf16 autocast, the
     losses in fp32.
     """
@@ -184,7 +187,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     )
     window = teacher_window(teacher)
     if insert_weight:
-        insert_texts = insert_texts or [t for t in texts if len(t) <= 200] or texts
+        insert_texts = insert_texts or [t for t in texts if len(t) <= INSERT_MAX_CHARS] or texts
     # The inserted-sentence term compares two rows whose difference is small: different dropout masks on
     # them would be most of it, so a run with that term trains without dropout throughout.
     model.train(not insert_weight)
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                      long_every=args.long_every, long_length=args.long_length, long_tokens=args.long_tokens,
                      insert_weight=args.insert_weight, cpu_bf16=args.cpu_bf16,
                      insert_texts=[t for f in args.insert_data for t in read_texts(f, min_chars=10)]
-                     or [t for ts in by_file for t in ts if len(t) <= 200] or None)
+                     or [t for ts in by_file for t in ts if len(t) <= INSERT_MAX_CHARS] or None)
     report.update(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, steps=len(losses),
                   insert_weight=args.insert_weight,
                   seconds=round(time.time() - t0, 1), first_loss=losses[0], last_loss=losses[-1])
