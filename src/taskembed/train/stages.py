@@ -56,7 +56,9 @@ ADAPTER_KINDS = {
 ACCEPTS = {
     "retrieval": ("pairs", "tuples"),
     "text-matching": ("pairs", "tuples", "scored"),
-    "classification": ("labelled", "tuples"),
+    # pairs: pair classification goes through this adapter too (spec), and labelled tuples alone pull
+    # same-topic texts together regardless of meaning, so translation pairs keep it cross-lingual.
+    "classification": ("labelled", "tuples", "pairs"),
     "separation": ("labelled", "pairs", "tuples", "scored"),
 }
 
