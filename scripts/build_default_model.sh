@@ -4,12 +4,20 @@
 #   scripts/build_default_model.sh                      # all steps; CPU: hours
 #   DEVICE=cuda scripts/build_default_model.sh          # on a GPU: minutes
 #   STEPS="convert distill" scripts/build_default_model.sh   # a subset, in order
-#   STEPS="fetch data hf prune scored bundle" scripts/build_default_model.sh, then on a lent GPU (device tool,
-#   carry .gpu, move data/eval out of the tree for the call): scripts/gpu_remote.sh
+#   STEPS="fetch data hf prune bundle" scripts/build_default_model.sh, then on a lent GPU (device tool,
+#   carry .gpu, move data/eval and the bundled model out of the tree for the call): scripts/gpu_remote.sh,
+#   then here: python scripts/remote_model.py assemble OUT_DIR $WORK/rotary $WORK/backbone --prefix model
+#   and STEPS="merge eval package".
+#
+# The default steps continue from the bundled model: a fresh backbone (rotary conversion, distillation with
+# words and fine detail, pair training) is merged with it (step merge), keeping its adapters. The earlier
+# lineage's own steps (scored, adapters, reorder, detail) run by name. What shipped (2026-11-27): distill
+# 1373 steps and pairs 86 steps on an H100 (DISTILL_STEPS=1373 EXTRA_TRAIN="--steps 86" repeats them without
+# time budgets), merged at 0.5 with the model of commit e2c6721 (PREVIOUS=that model's folder).
 #
 # Time budgets (seconds, 0 = run the configured steps): DISTILL_SECONDS, PAIRS_SECONDS, ADAPTER_SECONDS.
-# With a budget each stage measures its speed after a few steps and shortens its schedule to fit, so the
-# learning rate still decays to zero (the GPU build used 150 / 75 / 30; see models/README.md).
+# With a budget each stage measures its speed as it goes and fits its schedule to the budget, so the
+# learning rate still decays to zero (see models/taskembed-small/README.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +27,7 @@ WORK="${WORK:-/tmp/taskembed-model}"
 NAME="${NAME:-taskembed-small}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-2}"
-STEPS="${STEPS:-fetch data hf prune convert distill pairs soup scored adapters reorder detail eval package}"
+STEPS="${STEPS:-fetch data hf prune convert distill pairs soup merge eval package}"
 DISTILL_STEPS="${DISTILL_STEPS:-6000}"
 DISTILL_SECONDS="${DISTILL_SECONDS:-0}"
 PAIRS_SECONDS="${PAIRS_SECONDS:-0}"
@@ -32,6 +40,8 @@ VOCAB_FROM="${VOCAB_FROM-$ROOT/src/taskembed/models/$NAME/tokenizer.json}"
 DISTILL_DETAIL="${DISTILL_DETAIL:-1}"   # 1: fine-detail steps inside the distillation (words and documents)
 DISTILL_MIN_CHARS="${DISTILL_MIN_CHARS:-1}"
 DISTILL_WORDS="${DISTILL_WORDS-$WORK/data/wordnet-*.jsonl $WORK/data/cldr-*.jsonl $WORK/data/freedict-*.jsonl}"
+PREVIOUS="${PREVIOUS:-$ROOT/src/taskembed/models/$NAME}"
+MERGE_WEIGHT="${MERGE_WEIGHT:-0.5}"
 ADAPTER_TASKS="${ADAPTER_TASKS:-retrieval text-matching classification separation}"
 TEXT_MATCHING="${TEXT_MATCHING:-base}"  # base: ship text-matching as a no-op without prefix; trained: keep it
 EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage, e.g. "--steps 2" for a dry run
@@ -172,6 +182,14 @@ PYEOF
       done
       rm -rf "$WORK/final-detail" && mv "$WORK/final" "$WORK/final-detail"
       soup "$WORK/before-detail" "$WORK/final-detail" "$WORK/final" "${DETAIL_SOUP:-0.5}" ;;
+    merge)  # This build's backbone averaged with the previous bundled model (scripts/merge_models.py), weight
+            # by weight in the teacher's channel order, keeping the previous model's adapters and channel
+            # order: the rebuild brings single words, fine detail and long inputs, the previous model its
+            # retrieval and bitext quality (measured in models/taskembed-small/README.md). PREVIOUS is the
+            # bundled model as it is before this build (the recipe continues from it).
+      rm -rf "$WORK/final"
+      "$PY" "$ROOT/scripts/merge_models.py" "$PREVIOUS" "$WORK/${MERGE_FROM:-backbone}" "$WORK/final" \
+        --weight "$MERGE_WEIGHT" ;;
     eval)
       # The 32-task cross-section of the README's baseline table, plus long inputs beyond mE5's 512 tokens.
       $TASKEMBED eval --model "$WORK/final" --data-dir "$EVAL_DATA" --limit 100 --keep-going \
@@ -181,10 +199,14 @@ PYEOF
       mkdir -p "$ROOT/.gpu"
       "$PY" "$ROOT/scripts/q4pack.py" pack "$WORK/hf-pruned" "$ROOT/.gpu/teacher.q4.safetensors"
       tar cJf "$ROOT/.gpu/data.tar.xz" -C "$D" .
-      # The teacher's scored pairs are made here (step scored, CPU minutes), not on the leased machine.
-      tar cJf "$ROOT/.gpu/scored.tar.xz" -C "$WORK/scored" .
-      tasks=$(tr ' ' '\n' < "$ROOT/configs/default/eval_tasks.txt" | grep -v @)
-      tar cJf "$ROOT/.gpu/eval.tar.xz" -C "$EVAL_DATA" $tasks
+      # Optional: the teacher's scored pairs (step scored, CPU minutes) for a text-matching adapter there, and
+      # the eval cross-section (BUNDLE_EVAL=1) for an evaluation there if time is left.
+      rm -f "$ROOT/.gpu/scored.tar.xz" "$ROOT/.gpu/eval.tar.xz"
+      [[ -d "$WORK/scored" ]] && tar cJf "$ROOT/.gpu/scored.tar.xz" -C "$WORK/scored" .
+      if [[ "${BUNDLE_EVAL:-0}" == 1 ]]; then
+        tasks=$(tr ' ' '\n' < "$ROOT/configs/default/eval_tasks.txt" | grep -v @)
+        tar cJf "$ROOT/.gpu/eval.tar.xz" -C "$EVAL_DATA" $tasks
+      fi
       du -sh "$ROOT"/.gpu/* ;;
     package)  # fp16, official layout, under src/taskembed/models/$NAME (its README.md is kept; < 100 MB).
       "$PY" - "$WORK/final" "$ROOT/src/taskembed/models/$NAME" <<'PYEOF'
