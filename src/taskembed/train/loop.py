@@ -53,6 +53,34 @@ class TrainConfig:
     max_seconds: float = 0.0
 
 
+class BudgetFit:
+    """Fits a schedule's length to a time budget while it runs.
+
+    First from the speed of steps [first, second) (past the first CUDA kernels and allocator growth), then
+    again after each further eighth of the budget until its last quarter, from the speed since the last fit:
+    on a GPU the first steps of each new input shape are slow, so the first fit alone left a third of a
+    budget unused.
+    """
+
+    def __init__(self, seconds: float, t0: float, first: int, second: int):
+        self.seconds, self.t0, self.first, self.second = seconds, t0, first, second
+        self.mark: tuple[float, int] | None = None
+
+    def __call__(self, n: int, now: float) -> tuple[float, int] | None:
+        """After n steps, at time `now`: (seconds per step, steps that fit in the budget) when a fit is due."""
+        if n == self.first:
+            self.mark = (now, n)
+            return None
+        if self.mark is None or n < self.second:
+            return None
+        spent = now - self.t0
+        if n > self.second and not (now - self.mark[0] > self.seconds / 8 and spent < 0.75 * self.seconds):
+            return None
+        per_step = (now - self.mark[0]) / (n - self.mark[1])
+        self.mark = (now, n)
+        return per_step, n + int((self.seconds - spent) / per_step)
+
+
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     """LR factor at optimizer step s: linear ramp to 1 over `warmup` steps, then linear decay to 0 at total."""
     def factor(s: int) -> float:
@@ -256,28 +284,17 @@ class Trainer:
         cfg = self.cfg
         t0, tok0, step0 = time.perf_counter(), self._tokens, self.step
         window: list[float] = []
-        configured, mark, plans = cfg.steps, None, 0
+        configured, budget = cfg.steps, BudgetFit(cfg.max_seconds, t0, 5, 15)
         while self.step < cfg.steps:
             loss = self.train_step(next(self.stream))
             window.append(loss)
-            if cfg.max_seconds and self.world == 1:
-                # The schedule is fitted to the budget after steps 5..15 (past the first CUDA kernels and
-                # allocator growth), then again after each further eighth of the budget, from the speed since
-                # the last fit, until the last quarter: on a GPU the first steps of each new input shape are
-                # slow, so the first fit alone leaves much of the budget unused.
-                now, n = time.perf_counter(), self.step - step0
-                if n == 5:
-                    mark = (now, self.step)
-                elif mark and (n == 15 or (plans and now - mark[0] > cfg.max_seconds / 8
-                                           and now - t0 < 0.75 * cfg.max_seconds)):
-                    per_step = (now - mark[0]) / (self.step - mark[1])
-                    left = cfg.max_seconds - (now - t0)
-                    fit = min(configured, max(self.step + 1, self.step + int(left / per_step)))
-                    if fit != cfg.steps:
-                        self.log(f"[{cfg.name}] {per_step:.3f} s/step: {fit} of {configured} steps fit in "
-                                 f"{cfg.max_seconds:.0f} s")
-                        cfg.steps = self._schedule_steps = fit
-                    mark, plans = (now, self.step), plans + 1
+            if cfg.max_seconds and self.world == 1 and (due := budget(self.step - step0, time.perf_counter())):
+                per_step, n_fit = due
+                fit = min(configured, max(self.step + 1, step0 + n_fit))
+                if fit != cfg.steps:
+                    self.log(f"[{cfg.name}] {per_step:.3f} s/step: {fit} of {configured} steps fit in "
+                             f"{cfg.max_seconds:.0f} s")
+                    cfg.steps = self._schedule_steps = fit
             if self.rank == 0 and cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 dt = max(time.perf_counter() - t0, 1e-9)
                 tok = self._tokens - tok0  # this rank's; ranks see equal shares of the batch
