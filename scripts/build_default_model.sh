@@ -48,22 +48,9 @@ EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage,
 D="$WORK/data"
 mkdir -p "$WORK"
 budget() { [[ "$1" == 0 ]] || echo "--set max_seconds=$1"; }
-# soup A B OUT W: (1 - W) x A + W x B, weight by weight; config, tokenizer and channel order from B.
-soup() {
-  "$PY" - "$@" <<'PYEOF'
-import shutil, sys
-from pathlib import Path
-from safetensors.torch import load_file, save_file
-a, b, out, w = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
-sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-out.mkdir(parents=True, exist_ok=True)
-save_file({k: ((1 - w) * sa[k].float() + w * sb[k].float()).contiguous() for k in sa},
-          str(out / "model.safetensors"), metadata={"format": "pt"})
-for f in ("config.json", "tokenizer.json", "channel_order.json"):
-    if (b / f).is_file():
-        shutil.copy(b / f, out / f)
-PYEOF
-}
+# soup A B OUT W: (1 - W) x A + W x B, weight by weight (scripts/merge_models.py, channel-order aware);
+# config, tokenizer and channel order from A, adapters from B.
+soup() { "$PY" "$ROOT/scripts/merge_models.py" "$1" "$2" "$3" --weight "$4" --adapters b; }
 
 for step in $STEPS; do
   echo "== $step $(date +%T)" >&2
