@@ -121,13 +121,21 @@ PYEOF
       for task in $ADAPTER_TASKS; do
         case "$task" in
           retrieval) files=("$D"/lohelp-index-*.jsonl "$D"/lohelp-title-*.jsonl "$D"/manpage-retrieval-*.jsonl
-                            "$D"/wordnet-*.jsonl) ;;
-          text-matching) files=("$WORK"/scored/scored-*.jsonl) ;;
-          classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl) ;;
-          separation) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl) ;;
+                            "$D"/wordnet-*.jsonl)
+                     dev=("$D"/dev/lohelp-index-{en,ja,de,ru}.jsonl) ;;
+          text-matching) files=("$WORK"/scored/scored-*.jsonl) dev=() ;;
+          classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl)
+                          dev=("$D"/dev/lohelp-module-{en,ja,de}.jsonl "$D"/dev/lohelp-bitext-{ru,zh-cn,de}-en.jsonl) ;;
+          separation) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl
+                             "$D"/lohelp-index-*.jsonl)
+                      dev=("$D"/dev/lohelp-module-{en,ru,zh-cn}.jsonl "$D"/dev/lohelp-index-{en,ja}.jsonl) ;;
         esac
+        # Held-out dev tasks of the suite's types each adapter serves, from records training does not read
+        # (data/train/sample_subset.py --dev); the run ends at its best check, the start included.
+        [[ ${#dev[@]} -gt 0 ]] && dev=(--dev-data "${dev[@]}" --keep-best dev)
         $TASKEMBED train adapters --config "$ROOT/configs/default/$task.toml" --model "$prev" \
-          --output "$WORK/adapter-$task" --device "$DEVICE" --fresh $(budget "$ADAPTER_SECONDS") $EXTRA_TRAIN --data "${files[@]}"
+          --output "$WORK/adapter-$task" --device "$DEVICE" --fresh $(budget "$ADAPTER_SECONDS") $EXTRA_TRAIN \
+          --data "${files[@]}" "${dev[@]}"
         prev="$WORK/adapter-$task"
       done
       rm -rf "$WORK/final" && cp -r "$prev" "$WORK/final"

@@ -9,7 +9,7 @@ from reference import Reference
 
 import taskembed
 from taskembed.config import EncoderConfig
-from taskembed.encoder import Encoder
+from taskembed.encoder import Encoder, Rotary
 
 TEXTS = [
     "The cat sits on the warm windowsill.",
@@ -218,3 +218,14 @@ def test_permuting_hidden_channels_permutes_the_outputs_exactly(tiny_dir):
                                    emb.encode(TEXTS, task=task, normalize=False)[:, order.numpy()], atol=1e-5)
     with pytest.raises(ValueError, match="permutation"):
         moved.model.permute_hidden(list(range(h - 1)) + [0])
+
+
+def test_rotary_tables_made_in_inference_mode_still_train():
+    # An encode() between training steps fills the rotary cache under inference_mode; a later training
+    # step at that length must get tables autograd can use.
+    rot = Rotary(8, base=10000.0)
+    with torch.inference_mode():
+        rot(torch.randn(2, 5, 8))
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    rot(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

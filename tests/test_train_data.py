@@ -4,6 +4,7 @@ token-budget buckets, classification tuples and exact stream resume."""
 from __future__ import annotations
 
 import collections
+import json
 
 import pytest
 
@@ -140,3 +141,21 @@ def test_classification_tuples_with_ids(tmp_path):
     assert len(ids) == 20
     with pytest.raises(DataError, match="two labels"):
         ClassificationTuples(Source(write_jsonl(tmp_path / "one.jsonl", recs[:4])))
+
+
+def test_sample_subset_sets_dev_records_apart_from_training(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src, out = tmp_path / "full", tmp_path / "sub"
+    src.mkdir()
+    rows = [{"text": f"paragraph {i}", "label": "swriter" if i % 2 else "scalc"} for i in range(50)]
+    (src / "lohelp-module-en.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    script = Path(__file__).resolve().parents[1] / "data" / "train" / "sample_subset.py"
+    subprocess.run([sys.executable, str(script), str(src), str(out), "--scale", "0.01", "--dev", "20"], check=True,
+                   capture_output=True)
+    train = [json.loads(x)["text"] for x in (out / "lohelp-module-en.jsonl").read_text().splitlines()]
+    dev = [json.loads(x)["text"] for x in (out / "dev" / "lohelp-module-en.jsonl").read_text().splitlines()]
+    assert train == [r["text"] for r in rows[:15]]  # cap 1500 x 0.01
+    assert dev == [r["text"] for r in rows[15:35]]  # the next 20, unread by training

@@ -185,3 +185,22 @@ def test_two_gloo_processes_equal_one(tmp_path, mlm):
     # (e.g. the key bias): at most a few lr-sized steps.
     for (n, a), b in zip(one.modules.state_dict().items(), two["state"].values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=4e-3, msg=n)
+
+
+@pytest.mark.parametrize("script, best", [([1.0, 3.0, 2.0], 2), ([5.0, 3.0, 2.0], 0), ([1.0, 2.0, 3.0], 4)])
+def test_keep_best_ends_at_the_best_evaluation(tmp_path, script, best):
+    files = _files(tmp_path)
+    tr = _trainer({"tuples": files["tuples"]}, steps=4, adapter=True)
+    tr.cfg.eval_every, tr.cfg.keep_best = 2, "dev"
+    seen = {}
+
+    def eval_fn(step):
+        seen[step] = [p.detach().clone() for p in tr.params]
+        return {"dev": script[len(seen) - 1]}
+
+    tr.eval_fn = eval_fn
+    tr.train()
+    assert sorted(seen) == [0, 2, 4]  # the start is evaluated too
+    assert not all(torch.equal(a, b) for a, b in zip(seen[0], seen[4], strict=True))  # training moved them
+    for p, want in zip(tr.params, seen[best], strict=True):
+        assert torch.equal(p, want)

@@ -342,3 +342,42 @@ def test_max_seconds_refits_the_schedule_once_steps_get_faster(toy, monkeypatch)
     assert len(fits) >= 2 and fits[-1] > fits[0] and n == fits[-1]
     last = [line for line in lines if f"step {n}/{n} " in line]
     assert last and "lr 0.00e+00" in last[0]
+
+
+def test_adapter_dev_check_keeps_the_best_evaluation(toy):
+    from taskembed.eval.tasks import discover_tasks
+    from taskembed.train.devtasks import score_dev_tasks
+
+    d, _ = toy
+    dev = [str(write_jsonl(d / "dev-labelled.jsonl", TOPICS.labelled(120, 200))),
+           str(write_jsonl(d / "dev-pairs.jsonl", TOPICS.pairs(120, 201)))]
+    settings = _settings(toy, "base", "adapter-dev", ["labelled", "pairs"], eval_every=5, keep_best="dev",
+                         dev_data=dev, dev_size=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, hist = stages.run_adapters(settings, "classification", resume=False)
+        evals = hist["adapter"]["evals"]
+        assert [s for s, _ in evals] == [0, 5, 10, 15, 20, 25]
+        assert {"classification", "pair_classification", "dev"} <= set(evals[0][1])
+        best = max(m["dev"] for _, m in evals)
+        tasks = discover_tasks(d / "adapter-dev" / "dev-tasks" / "adapter")
+        assert len(tasks) == 2
+        # what was saved is the best evaluation's adapter, whichever step that was
+        assert score_dev_tasks(tasks, taskembed.load(d / "adapter-dev"))["dev"] == pytest.approx(best, abs=1e-6)
+
+
+def test_a_reordered_model_keeps_its_channel_order_file_through_training(toy):
+    import shutil
+
+    d, _ = toy
+    src = d / "base-ordered"
+    shutil.copytree(d / "base", src, dirs_exist_ok=True)
+    hidden = json.loads((src / "config.json").read_text())["hidden_size"]
+    order = {"order": list(range(hidden - 1, -1, -1)), "pairs": 0}
+    (src / "channel_order.json").write_text(json.dumps(order))
+    settings = _settings(toy, "base-ordered", "adapter-ordered", ["labelled"], steps=2)
+    stages.run_adapters(settings, "classification", resume=False)
+    assert json.loads((d / "adapter-ordered" / "channel_order.json").read_text()) == order
+    settings = _settings(toy, "base-ordered", "pairs-ordered", ["pairs"], steps=2)
+    stages.run_pairs(settings, resume=False)
+    assert json.loads((d / "pairs-ordered" / "channel_order.json").read_text()) == order

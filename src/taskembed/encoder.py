@@ -98,7 +98,10 @@ class Rotary(nn.Module):
         """(cos, sin) for positions 0..length-1: cos over the full head dim (L, D), sin over half (L, D/2)."""
         key = (device, dtype)
         hit = self._cache.get(key)
-        if hit is None or hit[0].shape[0] < length:
+        # Tables made under inference_mode (an encode() between training steps) cannot enter autograd;
+        # rebuilt ones serve both modes.
+        stale = hit is not None and hit[0].is_inference() and not torch.is_inference_mode_enabled()
+        if hit is None or hit[0].shape[0] < length or stale:
             n = max(length, 512)
             inv_freq = 1.0 / (
                 self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="input model directory (official layout); overrides `model`")
     p.add_argument("--output", help="output directory; overrides `output`")
     p.add_argument("--data", nargs="+", help="data files for every phase; override the config's")
+    p.add_argument("--dev-data", nargs="+", help="adapters: held-out files made into small tasks of the suite's "
+                   "types the adapter serves, scored every eval_every steps (see train/devtasks.py)")
+    p.add_argument("--keep-best", metavar="METRIC", help="end at the evaluation where METRIC (e.g. dev) was best, "
+                   "the start included")
     p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")
     p.add_argument("--instruction", help="adapters: instruction prefix of the task (new tasks; default none)")
     p.add_argument("--objective", choices=["retrieval", "text-matching", "classification", "separation"],
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
             over[key.strip()] = _value(val.strip())
         for key, val in (("data", args.data), ("steps", args.steps), ("batch_size", args.batch_size),
-                         ("lr", args.lr), ("max_length", args.max_length), ("objective", args.objective)):
+                         ("lr", args.lr), ("max_length", args.max_length), ("objective", args.objective),
+                         ("dev_data", args.dev_data), ("keep_best", args.keep_best)):
             if val is not None:
                 over[key] = val
         if not settings.get("output"):

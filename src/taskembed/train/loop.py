@@ -51,6 +51,9 @@ class TrainConfig:
     # > 0: after 15 steps the step count is cut to what fits in this many seconds (the LR still decays to 0).
     # Single-process only: ranks would have to agree on the count.
     max_seconds: float = 0.0
+    # A metric of eval_fn's: the trainable parameters end at the evaluation (the start included) where it
+    # was highest, not at the last step. Adapter runs use it so a run that drifts below its start is undone.
+    keep_best: str = ""
 
 
 class BudgetFit:
@@ -174,6 +177,7 @@ class Trainer:
         self.losses: list[float] = []
         self.evals: list[tuple[int, dict]] = []
         self.eval_fn = eval_fn
+        self._best: tuple[int, float, list[Tensor]] | None = None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self._tokens = 0
         model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -285,6 +289,8 @@ class Trainer:
         t0, tok0, step0 = time.perf_counter(), self._tokens, self.step
         window: list[float] = []
         configured, budget = cfg.steps, BudgetFit(cfg.max_seconds, t0, 5, 15)
+        if cfg.keep_best and self.eval_fn and self._best is None:
+            self.run_eval()  # the starting point is a candidate too
         while self.step < cfg.steps:
             loss = self.train_step(next(self.stream))
             window.append(loss)
@@ -308,6 +314,13 @@ class Trainer:
                 self.save_checkpoint()
         if self.eval_fn and not (cfg.eval_every and self.step % cfg.eval_every == 0):
             self.run_eval()
+        if self._best is not None and self._best[0] != self.step:
+            step, value, state = self._best
+            with torch.no_grad():
+                for p, v in zip(self.params, state, strict=True):
+                    p.copy_(v)
+            self.log(f"[{cfg.name}] keeping step {step}'s weights: {cfg.keep_best} {value:.4f} is the best "
+                     f"of {len(self.evals)} evaluations")
         return self.losses
 
     def run_eval(self) -> dict:
@@ -316,6 +329,9 @@ class Trainer:
             result = self.eval_fn(self.step) or {}
         self.modules.train()
         self.evals.append((self.step, result))
+        key = self.cfg.keep_best
+        if key and key in result and (self._best is None or result[key] > self._best[1]):
+            self._best = (self.step, float(result[key]), [p.detach().clone() for p in self.params])
         if self.rank == 0 and result:
             self.log(f"[{self.cfg.name}] eval step {self.step}: "
                      + " ".join(f"{k} {v:.4f}" for k, v in result.items()))

@@ -12,6 +12,7 @@ the latest checkpoint; the result is saved in the official layout with Embedder.
 from __future__ import annotations
 
 import random
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ COMMON = dict(
     keep_checkpoints=2, log_every=10, eval_every=0, rotary_base=10000.0, weights=None, max_tokens=0,
     tau=0.05, matryoshka_dims=None, matryoshka_weights=None, filter_overlap=False, num_negatives=None,
     mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None, max_seconds=0.0,
-    freeze_word_embeddings=False,
+    freeze_word_embeddings=False, dev_data=None, dev_size=150, dev_dims=None, keep_best="",
 )
 
 STAGE_DEFAULTS = {
@@ -104,7 +105,7 @@ def _train_config(ph: dict, output: Path) -> TrainConfig:
         checkpoint_every=int(ph["checkpoint_every"]), checkpoint_dir=str(output / "checkpoints" / ph["name"]),
         keep_checkpoints=int(ph["keep_checkpoints"]), log_every=int(ph["log_every"]),
         eval_every=int(ph["eval_every"]), seed=int(ph["seed"]), name=ph["name"],
-        max_seconds=float(ph["max_seconds"]),
+        max_seconds=float(ph["max_seconds"]), keep_best=str(ph["keep_best"] or ""),
     )
 
 
@@ -179,14 +180,39 @@ def _stream(sources: list, ph: dict, length_fn=None) -> BatchStream:
                        pool_batches=int(ph["pool_batches"]))
 
 
-def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int], dict] | None:
-    """Held-out check during training: MRR for pairs/tuples files, Spearman for scored pairs."""
-    path = ph.get("eval_data")
-    if not path:
+def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int, kind: str | None = None,
+             output: Path | None = None, log=None) -> Callable[[int], dict] | None:
+    """Held-out checks during training: MRR for an `eval_data` pairs/tuples file, Spearman for scored pairs;
+    and for an adapter, `dev_data` files made into small tasks of the suite's types it serves (devtasks),
+    whose mean main score is `dev` (the base model's scores are logged once for comparison)."""
+    checks = []
+    if ph.get("eval_data"):
+        checks.append(_pair_check(emb, ph, q_task, d_task))
+    if ph.get("dev_data") and kind is not None:
+        checks.append(_dev_check(emb, ph, kind, output or Path("."), log or _stderr))
+    if not checks:
         return None
+
+    def run(step: int) -> dict:
+        import warnings
+
+        # Measured as the model will be used: at the inference rotary base, not the training one.
+        model, training_base = emb.model, emb.model.rotary_emb_base
+        model.rotary_emb_base = emb.config.rotary_emb_base
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return {k: v for check in checks for k, v in check(step).items()}
+        finally:
+            model.rotary_emb_base = training_base
+
+    return run
+
+
+def _pair_check(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int], dict]:
     from .synthetic import mrr, spearman
 
-    src = Source(path)
+    src = Source(ph["eval_data"])
     records = [src.next() for _ in range(min(src.size, 2000))]
     names = emb.config.lora_adaptations
 
@@ -195,19 +221,35 @@ def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int
         return emb.encode(texts, task=name, max_length=int(ph["max_length"]))
 
     def run(step: int) -> dict:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if src.kind in ("pairs", "tuples"):
-                return {"mrr": mrr(encode([r["query"] for r in records], q_task),
-                                   encode([r["positive"] for r in records], d_task))}
-            if src.kind == "scored":
-                a = encode([r["text1"] for r in records], q_task)
-                b = encode([r["text2"] for r in records], d_task)
-                return {"spearman": spearman((a * b).sum(1), np.array([r["score"] for r in records]))}
+        if src.kind in ("pairs", "tuples"):
+            return {"mrr": mrr(encode([r["query"] for r in records], q_task),
+                               encode([r["positive"] for r in records], d_task))}
+        if src.kind == "scored":
+            a = encode([r["text1"] for r in records], q_task)
+            b = encode([r["text2"] for r in records], d_task)
+            return {"spearman": spearman((a * b).sum(1), np.array([r["score"] for r in records]))}
         return {}
 
+    return run
+
+
+def _dev_check(emb: Embedder, ph: dict, kind: str, output: Path, log) -> Callable[[int], dict]:
+    from .devtasks import build_dev_tasks, score_dev_tasks
+
+    tasks: list = []
+
+    def run(step: int) -> dict:
+        if not tasks:  # built on the first call, at the inference rotary base like every score
+            tasks.extend(build_dev_tasks(ph["dev_data"], kind, output / "dev-tasks" / ph["name"],
+                                         lambda texts: emb.encode(list(texts), task=None), n=int(ph["dev_size"]),
+                                         seed=int(ph["seed"])))
+            base = score_dev_tasks(tasks, emb, adapter_override=None, dims=dims)
+            log(f"[{ph['name']}] dev tasks ({len(tasks)}), base model without adapter: "
+                + " ".join(f"{k} {v:.2f}" for k, v in base.items()))
+        return score_dev_tasks(tasks, emb, dims=dims)
+
+    # full size and, with `dev_dims`, Matryoshka sizes too, each an equal share of `dev`
+    dims = [None, *ph["dev_dims"]] if ph.get("dev_dims") else [None]
     return run
 
 
@@ -227,6 +269,13 @@ def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
         return
     emb.model.eval()
     emb.save(output)
+    # Training keeps the channels where they were: a reordered input's order file stays true of the output
+    # (distill and merge_models read it), and without it the output would pass for the teacher's order.
+    from .reorder import ORDER_FILE
+
+    src = (emb.path or Path(output)) / ORDER_FILE
+    if src.is_file() and src.resolve() != (Path(output) / ORDER_FILE).resolve():
+        shutil.copyfile(src, Path(output) / ORDER_FILE)
     if head is not None:
         from safetensors.torch import save_file
 
@@ -328,7 +377,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
                           weights=ph["matryoshka_weights"])
         sources = _sources(ph["data"], ph, ACCEPTS[kind], classification=kind == "classification")
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
-                 "eval_fn": _eval_fn(emb, ph, q_task, d_task)}
+                 "eval_fn": _eval_fn(emb, ph, q_task, d_task, kind, Path(settings["output"]), log)}
         return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
 
     history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
