@@ -13,7 +13,9 @@
 # words and fine detail, pair training) is merged with it (step merge), keeping its adapters. The earlier
 # lineage's own steps (scored, adapters, reorder, detail) run by name. What shipped (2026-11-27): distill
 # 1373 steps and pairs 86 steps on an H100 (DISTILL_STEPS=1373 EXTRA_TRAIN="--steps 86" repeats them without
-# time budgets), merged at 0.5 with the model of commit e2c6721 (PREVIOUS=that model's folder).
+# time budgets), merged at 0.5 with the model of commit e2c6721 (PREVIOUS=that model's folder); then
+# STEPS=adapters ADAPTERS_FROM=<that merge> on CPU with the overrides listed in the model README (step 11),
+# each adapter against its dev checks.
 #
 # Time budgets (seconds, 0 = run the configured steps): DISTILL_SECONDS, PAIRS_SECONDS, ADAPTER_SECONDS.
 # With a budget each stage measures its speed as it goes and fits its schedule to the budget, so the
@@ -81,9 +83,10 @@ for step in $STEPS; do
 import json, sys
 p = sys.argv[1]
 cfg = json.load(open(p))
-# The backbone learned "query: " / "passage: " (mE5); the adapters are trained with these prefixes.
+# The backbone learned "query: " / "passage: " (mE5); the retrieval adapters are trained with these prefixes.
+# The symmetric tasks go without: the base scores higher on their dev checks with no prefix.
 cfg["task_instructions"] = {"retrieval.query": "query: ", "retrieval.passage": "passage: ",
-                            "separation": "query: ", "classification": "query: ", "text-matching": "query: "}
+                            "separation": "", "classification": "", "text-matching": ""}
 json.dump(cfg, open(p, "w"), indent=2)
 PYEOF
       ;;
@@ -117,7 +120,7 @@ PYEOF
         --sentences "$D"/wordnet-*.jsonl "$D"/lohelp-text-*.jsonl "$D"/gettext-*.jsonl \
         --translations "$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl ;;
     adapters)  # Stage III on the frozen backbone: each adapter with its paper loss, one after the other.
-      prev="$WORK/backbone"
+      prev="${ADAPTERS_FROM:-$WORK/backbone}"
       for task in $ADAPTER_TASKS; do
         case "$task" in
           retrieval) files=("$D"/lohelp-index-*.jsonl "$D"/lohelp-title-*.jsonl "$D"/manpage-retrieval-*.jsonl

@@ -344,15 +344,18 @@ def test_max_seconds_refits_the_schedule_once_steps_get_faster(toy, monkeypatch)
     assert last and "lr 0.00e+00" in last[0]
 
 
-def test_adapter_dev_check_keeps_the_best_evaluation(toy):
+@pytest.mark.parametrize("objective", [None, "separation"])
+def test_adapter_dev_check_keeps_the_best_evaluation(toy, objective):
     from taskembed.eval.tasks import discover_tasks
     from taskembed.train.devtasks import score_dev_tasks
 
     d, _ = toy
     dev = [str(write_jsonl(d / "dev-labelled.jsonl", TOPICS.labelled(120, 200))),
            str(write_jsonl(d / "dev-pairs.jsonl", TOPICS.pairs(120, 201)))]
+    # trained with Eq. 5 or not, the classification adapter is checked on the classification types
+    extra = {"objective": objective} if objective else {}
     settings = _settings(toy, "base", "adapter-dev", ["labelled", "pairs"], eval_every=5, keep_best="dev",
-                         dev_data=dev, dev_size=40)
+                         dev_data=dev, dev_size=40, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, hist = stages.run_adapters(settings, "classification", resume=False)
@@ -381,3 +384,18 @@ def test_a_reordered_model_keeps_its_channel_order_file_through_training(toy):
     settings = _settings(toy, "base-ordered", "pairs-ordered", ["pairs"], steps=2)
     stages.run_pairs(settings, resume=False)
     assert json.loads((d / "pairs-ordered" / "channel_order.json").read_text()) == order
+
+
+def test_default_configs_read_and_misspelt_settings_are_refused(toy):
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "default"
+    for f in sorted(root.glob("*.toml")):
+        settings = tomllib.loads(f.read_text())
+        stage = "pairs" if f.stem == "pairs" else "adapters"
+        kind = stages.adapter_kind(settings["task"], settings) if stage == "adapters" else None
+        (ph,) = stages.phase_settings(stage, {**settings, "overrides": {"data": ["x.jsonl"]}}, kind)
+        assert ph["steps"] > 0, f
+    with pytest.raises(ValueError, match="keep_bset"):
+        stages.phase_settings("adapters", {"train": {"keep_bset": "dev", "data": ["x.jsonl"]}}, "retrieval")

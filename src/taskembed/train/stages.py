@@ -54,6 +54,9 @@ ADAPTER_KINDS = {
     "classification": dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7),
     "separation": dict(lr=5e-5, tau=0.02, max_length=192, batch_size=512),
 }
+# every key a [train] table, a phase or --set may give
+KNOWN_SETTINGS = set(COMMON) | {k for d in (*STAGE_DEFAULTS.values(), *ADAPTER_KINDS.values()) for k in d} \
+    | {"data", "name", "objective", "phases"}
 ACCEPTS = {
     "retrieval": ("pairs", "tuples"),
     "text-matching": ("pairs", "tuples", "scored"),
@@ -89,6 +92,9 @@ def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[
     out = []
     for i, ph in enumerate(phases):
         merged = {**base, **ph, **overrides}
+        unknown = sorted(set(merged) - KNOWN_SETTINGS)
+        if unknown:  # a misspelt key would otherwise be ignored without a word
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
         merged.setdefault("name", f"phase{i + 1}")
         if not merged.get("data"):
             raise ValueError(f"phase {merged['name']!r} has no data files (give `data = [...]` or --data)")
@@ -369,6 +375,8 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     model.to(device)
     phases = phase_settings("adapters", settings, kind)
     _freeze(model, lora_parameters(model))
+    # The dev checks follow the adapter's own task types, whatever loss trains it (--objective).
+    served = "retrieval" if task.startswith("retrieval") else task if task in ADAPTER_KINDS else kind
     tasks = sorted({q_task, d_task})
 
     def build(ph):
@@ -377,7 +385,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
                           weights=ph["matryoshka_weights"])
         sources = _sources(ph["data"], ph, ACCEPTS[kind], classification=kind == "classification")
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
-                 "eval_fn": _eval_fn(emb, ph, q_task, d_task, kind, Path(settings["output"]), log)}
+                 "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, Path(settings["output"]), log)}
         return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
 
     history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
