@@ -204,3 +204,11 @@ def test_keep_best_ends_at_the_best_evaluation(tmp_path, script, best):
     assert not all(torch.equal(a, b) for a, b in zip(seen[0], seen[4], strict=True))  # training moved them
     for p, want in zip(tr.params, seen[best], strict=True):
         assert torch.equal(p, want)
+
+
+def test_keep_best_names_a_metric_the_evaluation_lacks(tmp_path):
+    tr = _trainer({"tuples": _files(tmp_path)["tuples"]}, steps=2, adapter=True)
+    tr.cfg.eval_every, tr.cfg.keep_best = 1, "dve"
+    tr.eval_fn = lambda step: {"dev": 1.0}
+    with pytest.raises(ValueError, match="'dve' is not among the evaluation's: dev"):
+        tr.train()

@@ -395,7 +395,10 @@ def test_default_configs_read_and_misspelt_settings_are_refused(toy):
         settings = tomllib.loads(f.read_text())
         stage = "pairs" if f.stem == "pairs" else "adapters"
         kind = stages.adapter_kind(settings["task"], settings) if stage == "adapters" else None
-        (ph,) = stages.phase_settings(stage, {**settings, "overrides": {"data": ["x.jsonl"]}}, kind)
+        over = {"data": ["x.jsonl"], "dev_data": ["dev.jsonl"]}
+        (ph,) = stages.phase_settings(stage, {**settings, "overrides": over}, kind)
         assert ph["steps"] > 0, f
     with pytest.raises(ValueError, match="keep_bset"):
         stages.phase_settings("adapters", {"train": {"keep_bset": "dev", "data": ["x.jsonl"]}}, "retrieval")
+    with pytest.raises(ValueError, match="needs held-out data"):
+        stages.phase_settings("adapters", {"train": {"keep_best": "dev", "data": ["x.jsonl"]}}, "retrieval")

@@ -330,7 +330,9 @@ class Trainer:
         self.modules.train()
         self.evals.append((self.step, result))
         key = self.cfg.keep_best
-        if key and key in result and (self._best is None or result[key] > self._best[1]):
+        if key and key not in result:
+            raise ValueError(f"keep_best metric {key!r} is not among the evaluation's: {', '.join(result) or 'none'}")
+        if key and (self._best is None or result[key] > self._best[1]):
             self._best = (self.step, float(result[key]), [p.detach().clone() for p in self.params])
         if self.rank == 0 and result:
             self.log(f"[{self.cfg.name}] eval step {self.step}: "

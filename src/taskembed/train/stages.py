@@ -96,6 +96,9 @@ def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[
         if unknown:  # a misspelt key would otherwise be ignored without a word
             raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
         merged.setdefault("name", f"phase{i + 1}")
+        if merged["keep_best"] and not (merged["dev_data"] or merged["eval_data"]):
+            raise ValueError(f"keep_best = {merged['keep_best']!r} needs held-out data to choose by: give --dev-data "
+                             "FILES (or eval_data), or --set keep_best=''")
         if not merged.get("data"):
             raise ValueError(f"phase {merged['name']!r} has no data files (give `data = [...]` or --data)")
         out.append(merged)
