@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..eval.tasks import AUTO, Task, run_task
+from ..eval.tasks import AUTO, MAIN_SCORE, Task, read_jsonl, run_task
 from .data import detect_kind
+from .synthetic import write_jsonl
 
 # adapter kind -> the suite's task types it serves, in the order a dev task is made from a file
 DEV_TYPES: dict[str, tuple[str, ...]] = {
@@ -32,15 +33,8 @@ DEV_TYPES: dict[str, tuple[str, ...]] = {
 # which record kind each task type is made from
 _FROM = {"classification": "labelled", "clustering": "labelled", "pair_classification": "pairs",
          "reranking": "pairs", "retrieval": "pairs", "bitext_mining": "pairs", "sts": "scored"}
-_MAIN = {"retrieval": "ndcg_at_10", "reranking": "map", "clustering": "v_measure", "classification": "accuracy",
-         "pair_classification": "ap", "sts": "cosine_spearman", "bitext_mining": "f1"}
 
 Encode = Callable[[Sequence[str]], np.ndarray]
-
-
-def _read(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _nearest(encode: Encode, anchors: Sequence[str], pool: Sequence[str], k: int,
@@ -110,7 +104,7 @@ def build_dev_tasks(files: Sequence[str | Path], kind: str, out: str | Path, enc
     out = Path(out)
     tasks = []
     for f in map(Path, files):
-        rows = _read(f)
+        rows = read_jsonl(f)
         if not rows:
             raise ValueError(f"{f}: empty dev file")
         rkind = detect_kind(rows[0])
@@ -130,12 +124,11 @@ def build_dev_tasks(files: Sequence[str | Path], kind: str, out: str | Path, enc
             name = f"dev-{ttype}-{f.stem}"
             d = out / name
             d.mkdir(parents=True, exist_ok=True)
-            meta = {"name": name, "type": ttype, "languages": [], "source": str(f), "main_score": _MAIN[ttype],
+            meta = {"name": name, "type": ttype, "languages": [], "source": str(f), "main_score": MAIN_SCORE[ttype],
                     "description": f"adapter dev check: {ttype} from held-out training records", **meta}
             (d / "task.json").write_text(json.dumps(meta), encoding="utf-8")
             for fname, recs in files_.items():
-                with open(d / fname, "w", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+                write_jsonl(d / fname, recs)
             tasks.append(Task(name=name, type=ttype, path=d, meta=meta))
     if not tasks:
         made_from = ", ".join(str(f) for f in files)
