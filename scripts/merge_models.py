@@ -11,13 +11,12 @@ OUT is saved in A's channel order, with A's config, tokenizer and channel_order.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
 
 import taskembed
-from taskembed.train.reorder import ORDER_FILE, read_order
+from taskembed.train.reorder import copy_order, read_order
 
 
 def _in_teacher_order(path: Path) -> tuple[taskembed.Embedder, list[int] | None]:
@@ -43,8 +42,7 @@ def merge(a: Path, b: Path, out: Path, weight: float, adapters: str = "a") -> No
         ea.model.permute_hidden(torch.tensor(order))
     ea.clear_merged()
     ea.save(out)
-    if order is not None:
-        shutil.copy(a / ORDER_FILE, out / ORDER_FILE)
+    copy_order(a, out)
     print(f"merged {a} and {b} ({weight}) -> {out}, adapters from {adapters}")
 
 

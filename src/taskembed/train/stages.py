@@ -12,7 +12,6 @@ the latest checkpoint; the result is saved in the official layout with Embedder.
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -280,11 +279,10 @@ def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
     emb.save(output)
     # Training keeps the channels where they were: a reordered input's order file stays true of the output
     # (distill and merge_models read it), and without it the output would pass for the teacher's order.
-    from .reorder import ORDER_FILE
+    if emb.path is not None:
+        from .reorder import copy_order
 
-    src = (emb.path or Path(output)) / ORDER_FILE
-    if src.is_file() and src.resolve() != (Path(output) / ORDER_FILE).resolve():
-        shutil.copyfile(src, Path(output) / ORDER_FILE)
+        copy_order(emb.path, output)
     if head is not None:
         from safetensors.torch import save_file
 
