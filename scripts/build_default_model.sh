@@ -132,7 +132,8 @@ PYEOF
           retrieval) files=("$D"/lohelp-index-*.jsonl "$D"/lohelp-title-*.jsonl "$D"/manpage-retrieval-*.jsonl
                             "$D"/wordnet-*.jsonl)
                      dev=("$D"/dev/lohelp-index-{en,ja,de,ru}.jsonl) ;;
-          text-matching) files=("$WORK"/scored/scored-*.jsonl "$D"/insertions.jsonl)
+          text-matching) files=("$D"/insertions.jsonl)  # plus the teacher-scored pairs where step scored ran
+                         if compgen -G "$WORK/scored/scored-*.jsonl" > /dev/null; then files+=("$WORK"/scored/scored-*.jsonl); fi
                          dev=("$D"/dev/insertions.jsonl "$D"/dev/lohelp-bitext-{ru,zh-cn,de}-en.jsonl) ;;
           classification) files=("$D"/lohelp-module-*.jsonl "$D"/manpage-section-*.jsonl "$D"/lohelp-bitext-*.jsonl)
                           dev=("$D"/dev/lohelp-module-{en,ja,de}.jsonl "$D"/dev/lohelp-bitext-{ru,zh-cn,de}-en.jsonl) ;;
