@@ -58,6 +58,9 @@ def test_bad_settings_are_refused():
         insertion_tuples(_docs(), _pairs(), n=4, rng=random.Random(0), variants=1)
     with pytest.raises(ValueError, match="sentence pairs"):
         insertion_tuples(_docs(), _pairs(2), n=4, rng=random.Random(0), variants=4)
+    # enough pairs, but too few different sentences to fill the copies of one document
+    with pytest.raises(ValueError, match="different sentence pairs"):
+        insertion_tuples(_docs(), _pairs(2) * 5, n=4, rng=random.Random(0), variants=4)
     with pytest.raises(ValueError, match="no document"):
         insertion_tuples([[], []], _pairs(), n=4, rng=random.Random(0))
 

@@ -41,8 +41,8 @@ def insertion_tuples(documents: list[list[str]], pairs: list[tuple[str, str]], n
     """n tuples in groups of `variants` copies of one document (see the module docstring)."""
     if variants < 2:
         raise ValueError("variants must be >= 2: the other copies are the hard negatives")
-    if len(pairs) < variants:
-        raise ValueError(f"need at least {variants} sentence pairs, got {len(pairs)}")
+    if len({s for s, _ in pairs}) < variants:
+        raise ValueError(f"need at least {variants} different sentence pairs, got {len({s for s, _ in pairs})}")
     documents = [d for d in documents if d]
     if not documents:
         raise ValueError("no document texts")
@@ -63,7 +63,7 @@ def insertion_tuples(documents: list[list[str]], pairs: list[tuple[str, str]], n
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m taskembed.train.insertions", description=__doc__.split("\n\n")[0])
     p.add_argument("--documents", nargs="+", required=True, help="JSONL files whose texts make documents "
-                   "(one file per document)")
+                   "(a document joins consecutive texts of one file)")
     p.add_argument("--sentences", nargs="+", required=True, help="query -> positive translation pair files")
     p.add_argument("--out", required=True, help="output JSONL of tuples")
     p.add_argument("--n", type=int, default=2000)
