@@ -41,8 +41,9 @@ def insertion_tuples(documents: list[list[str]], pairs: list[tuple[str, str]], n
     """n tuples in groups of `variants` copies of one document (see the module docstring)."""
     if variants < 2:
         raise ValueError("variants must be >= 2: the other copies are the hard negatives")
-    if len({s for s, _ in pairs}) < variants:
-        raise ValueError(f"need at least {variants} different sentence pairs, got {len({s for s, _ in pairs})}")
+    different = len({s for s, _ in pairs})
+    if different < variants:
+        raise ValueError(f"need at least {variants} different sentence pairs, got {different}")
     documents = [d for d in documents if d]
     if not documents:
         raise ValueError("no document texts")

@@ -245,6 +245,8 @@ def _dev_check(emb: Embedder, ph: dict, kind: str, output: Path, log) -> Callabl
     from .devtasks import build_dev_tasks, score_dev_tasks
 
     tasks: list = []
+    # full size and, with `dev_dims`, Matryoshka sizes too, each an equal share of `dev`
+    dims = [None, *ph["dev_dims"]] if ph.get("dev_dims") else [None]
 
     def run(step: int) -> dict:
         if not tasks:  # built on the first call, at the inference rotary base like every score
@@ -256,8 +258,6 @@ def _dev_check(emb: Embedder, ph: dict, kind: str, output: Path, log) -> Callabl
                 + " ".join(f"{k} {v:.2f}" for k, v in base.items()))
         return score_dev_tasks(tasks, emb, dims=dims)
 
-    # full size and, with `dev_dims`, Matryoshka sizes too, each an equal share of `dev`
-    dims = [None, *ph["dev_dims"]] if ph.get("dev_dims") else [None]
     return run
 
 
