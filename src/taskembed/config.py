@@ -29,6 +29,9 @@ TASK_INSTRUCTIONS: dict[str, str] = {
 }
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# rotary: jina-embeddings-v3 (no position table). absolute: XLM-R's learned table, position ids counted
+# from pad_token_id + 1 as the official code's create_position_ids_from_input_ids does.
+POSITION_TYPES = ("rotary", "absolute")
 
 
 class ConfigError(ValueError):
@@ -74,22 +77,30 @@ class EncoderConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
-    def lora_scaling(self) -> float:
-        return self.lora_alpha / self.lora_rank
+    def max_tokens(self) -> int:
+        """The longest sequence one forward pass takes, specials included: the position table's reach
+        for absolute positions (longer texts go through windows), max_position_embeddings for rotary."""
+        if self.position_embedding_type == "absolute":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
 
     def validate(self) -> None:
-        if self.position_embedding_type != "rotary":
+        if self.position_embedding_type not in POSITION_TYPES:
             raise ConfigError(
                 f"unsupported architecture: position_embedding_type={self.position_embedding_type!r}; "
-                "taskembed runs rotary-position encoders only (convert absolute-position checkpoints "
-                "with `taskembed convert`)"
+                f"supported: {', '.join(POSITION_TYPES)}"
+            )
+        if self.position_embedding_type == "absolute" and self.max_position_embeddings <= self.pad_token_id + 2:
+            raise ConfigError(
+                f"max_position_embeddings={self.max_position_embeddings} leaves no positions: XLM-R numbers "
+                f"positions from pad_token_id + 1 = {self.pad_token_id + 1}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}"
             )
-        if self.head_dim % 2:
+        if self.position_embedding_type == "rotary" and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head dim, got {self.head_dim}")
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(

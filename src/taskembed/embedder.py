@@ -26,6 +26,9 @@ from .tokenizer import Tokenizer, TokenizerError
 
 SAMPLE_CORPUS = Path(__file__).parent / "data" / "sample_corpus.jsonl"
 PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+# How the windows of a text longer than a learned position table become one vector: "mean" averages the
+# windows' mean-pooled vectors, "tokens" weights each window by its token count.
+WINDOW_POOLING = ("mean", "tokens")
 DEFAULT_MAX_LENGTH = 8192
 # Upper bound on padded tokens per forward pass; one 8192-token text still runs alone.
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -36,6 +39,24 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     hidden = hidden.float()
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def windows(ids: list[int], size: int, head: int = 0, overlap: int = 0) -> list[list[int]]:
+    """Cut one tokenised text, `<s> head body </s>`, into windows of at most `size` tokens.
+
+    Every window is `<s> head chunk </s>`: the `head` tokens (the task's instruction prefix) open each
+    one, so every window is read as the task's input. Consecutive chunks share at least `overlap`
+    tokens; the last window ends at the text's end (full length, so it may overlap more).
+    """
+    if len(ids) <= size:
+        return [ids]
+    cls, sep, prefix, body = ids[0], ids[-1], ids[1 : 1 + head], ids[1 + head : -1]
+    span = size - 2 - head
+    if span < 1 or not 0 <= overlap < span:
+        raise ValueError(f"windows of {size} tokens leave no room for a body after a {head}-token prefix "
+                         f"with overlap {overlap}")
+    starts = list(range(0, len(body) - span, span - overlap)) + [len(body) - span]
+    return [[cls, *prefix, *body[s : s + span], sep] for s in starts]
 
 
 def sample_texts() -> list[str]:
@@ -84,6 +105,11 @@ class Embedder:
         self._merged_key: tuple = ()
         self.quantized = False
         self._warned_no_task = False
+        # Texts longer than a learned position table are read in windows (see windows()); the settings
+        # come from config.json when the model ships them (chosen on long-document dev checks).
+        self.window_overlap = int(self.config.extra.get("window_overlap", 0))
+        self.window_pooling = str(self.config.extra.get("window_pooling", "mean"))
+        self._prefix_ids: dict[int, list[int]] = {}
         if self.device.type == "cpu":
             tune_cpu_allocator()
 
@@ -208,6 +234,38 @@ class Embedder:
         ]
         return prefixed, ids
 
+    # --- long texts --------------------------------------------------------------------------------
+
+    def split_windows(
+        self, ids: list[list[int]], task_ids: list[int]
+    ) -> tuple[list[list[int]], list[int], list[float]]:
+        """Texts longer than the model reads in one pass -> windows (sequences, owning text, weight).
+
+        Only models with a learned position table have such a limit; a rotary model reads whole texts.
+        """
+        size = self.config.max_tokens
+        if self.config.position_embedding_type != "absolute" or all(len(x) <= size for x in ids):
+            return ids, list(range(len(ids))), [1.0] * len(ids)
+        seqs, owner, weight = [], [], []
+        for i, (x, t) in enumerate(zip(ids, task_ids, strict=True)):
+            parts = windows(x, size, self._prefix_length(t, x), self.window_overlap) if len(x) > size else [x]
+            for part in parts:
+                seqs.append(part)
+                owner.append(i)
+                weight.append(float(len(part)) if self.window_pooling == "tokens" else 1.0)
+        return seqs, owner, weight
+
+    def _prefix_length(self, task: int, ids: list[int]) -> int:
+        """Tokens of the task's instruction prefix at the start of `ids` (0 when it does not tokenise
+        apart from the text, which then is not repeated in each window)."""
+        if task == NO_TASK:
+            return 0
+        if task not in self._prefix_ids:
+            prefix = self.config.task_instructions.get(self.config.lora_adaptations[task], "")
+            self._prefix_ids[task] = self.tokenizer.backend.encode(prefix, add_special_tokens=False).ids
+        expected = self._prefix_ids[task]
+        return len(expected) if ids[1 : 1 + len(expected)] == expected else 0
+
     # --- batching ----------------------------------------------------------------------------------
 
     def batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -326,11 +384,13 @@ class Embedder:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(max_length, int) or max_length < self.tokenizer.num_special + 1:
             raise ValueError(f"max_length must be an int >= {self.tokenizer.num_special + 1}, got {max_length!r}")
-        if max_length > self.config.max_position_embeddings:
+        if self.config.position_embedding_type == "rotary" and max_length > self.config.max_position_embeddings:
             raise ValueError(
                 f"max_length={max_length} exceeds the model's max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
+        if self.window_pooling not in WINDOW_POOLING:
+            raise ValueError(f"window_pooling {self.window_pooling!r} unknown; allowed: {', '.join(WINDOW_POOLING)}")
         if NO_TASK in task_ids and not self._warned_no_task:
             self._warned_no_task = True
             warnings.warn(
@@ -343,15 +403,24 @@ class Embedder:
         except TokenizerError as e:
             raise ValueError(str(e)) from None
 
-        out = torch.empty((len(prefixed), self.config.hidden_size), dtype=torch.float32)
-        batches = self.batches([len(x) for x in enc.ids], batch_size)
+        seqs, owner, weight = self.split_windows(enc.ids, task_ids)
+        seq_tasks = [task_ids[i] for i in owner]
+        pooled_seqs = torch.empty((len(seqs), self.config.hidden_size), dtype=torch.float32)
+        batches = self.batches([len(x) for x in seqs], batch_size)
         for bi, batch in enumerate(batches):
-            pooled = self.forward_pooled([enc.ids[i] for i in batch], [task_ids[i] for i in batch])
-            out[torch.tensor(batch)] = pooled.cpu()
+            pooled = self.forward_pooled([seqs[i] for i in batch], [seq_tasks[i] for i in batch])
+            pooled_seqs[torch.tensor(batch)] = pooled.cpu()
             if show_progress:
                 print(f"\rencode: batch {bi + 1}/{len(batches)}", end="", file=sys.stderr, flush=True)
         if show_progress:
             print(file=sys.stderr)
+        if len(seqs) == len(prefixed):
+            out = pooled_seqs
+        else:
+            w = torch.tensor(weight, dtype=torch.float32).unsqueeze(1)
+            idx = torch.tensor(owner)
+            out = torch.zeros((len(prefixed), self.config.hidden_size)).index_add_(0, idx, pooled_seqs * w)
+            out /= torch.zeros(len(prefixed)).index_add_(0, idx, w[:, 0]).unsqueeze(1)
         out = out[:, :dim]
         if normalize:
             out = torch.nn.functional.normalize(out, p=2, dim=-1)

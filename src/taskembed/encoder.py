@@ -5,6 +5,10 @@ layer (NeoX "rotate half" layout, full head dim). Post-LayerNorm blocks, fused Q
 Every Linear and Embedding carries stacked task LoRA factors; each input row picks its adapter through
 `task_ids` (-1 = base weights). Module names follow the official checkpoint, so the state dict maps onto
 it one to one (see checkpoint.py).
+
+With `position_embedding_type = "absolute"` the same encoder keeps XLM-R's learned position table instead
+of rotary positions (as the official code allows), so XLM-R / BERT checkpoints such as multilingual-e5 run
+unchanged; texts longer than the table are read in windows by the Embedder.
 """
 
 from __future__ import annotations
@@ -59,19 +63,52 @@ def _act(name: str):
     return F.relu
 
 
-# --- 1. Embeddings: word + token type, no positions (rotary lives in attention) --------------------
+# --- 1. Embeddings: word + token type (+ learned positions when absolute; rotary lives in attention) --
+
+
+def position_ids(input_ids: Tensor, pad_id: int, seqlens: list[int] | None = None) -> Tensor:
+    """XLM-R position ids: real tokens count from pad_id + 1, pad tokens get pad_id (the official
+    create_position_ids_from_input_ids). input_ids is (B, L), or (T,) packed with `seqlens`."""
+    real = input_ids.ne(pad_id).long()
+    if seqlens is None:
+        return torch.cumsum(real, dim=1) * real + pad_id
+    counts = torch.cumsum(real, dim=0)
+    ends = counts[torch.tensor(seqlens, device=input_ids.device).cumsum(0) - 1]
+    before = torch.cat([ends.new_zeros(1), ends[:-1]])
+    return (counts - torch.repeat_interleave(before, torch.tensor(seqlens, device=input_ids.device))) * real + pad_id
 
 
 class Embeddings(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
+        self.pad_id = cfg.pad_token_id
         self.word_embeddings = LoRAEmbedding(cfg.vocab_size, cfg.hidden_size, n_tasks, r, a, cfg.pad_token_id)
+        # The official code wraps every Embedding in LoRA, the position table too, but looks positions up
+        # without a task: its factors are kept for the checkpoint and never applied (nor merged).
+        self.position_embeddings = (
+            LoRAEmbedding(cfg.max_position_embeddings, cfg.hidden_size, n_tasks, r, a)
+            if cfg.position_embedding_type == "absolute" else None
+        )
         self.token_type_embeddings = LoRAEmbedding(cfg.type_vocab_size, cfg.hidden_size, n_tasks, r, a)
 
-    def forward(self, input_ids: Tensor, task_ids: Tensor | Spans | None) -> Tensor:
+    def forward(self, input_ids: Tensor, task_ids: Tensor | Spans | None, seqlens: list[int] | None = None) -> Tensor:
+        if self.position_embeddings is not None:
+            longest = max(seqlens) if seqlens is not None else input_ids.shape[-1]
+            reach = self.position_embeddings.num_embeddings - self.pad_id - 1
+            if longest > reach:
+                raise ValueError(
+                    f"a sequence of {longest} tokens is longer than the learned position table ({reach} "
+                    "tokens); Embedder.encode reads longer texts in windows"
+                )
         token_type = torch.zeros_like(input_ids)
-        return self.word_embeddings(input_ids, task_ids) + self.token_type_embeddings(token_type, task_ids)
+        x = self.word_embeddings(input_ids, task_ids) + self.token_type_embeddings(token_type, task_ids)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(position_ids(input_ids, self.pad_id, seqlens))
+        return x
+
+    def tables(self) -> list[LoRAEmbedding]:
+        return [t for t in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings) if t]
 
 
 # --- 2. Rotary position embedding ----------------------------------------------------------------
@@ -153,7 +190,7 @@ class Attention(nn.Module):
     # Packed attention through jagged nested tensors: None = on CUDA only (a per-sequence loop on CPU).
     nested_attention: bool | None = None
 
-    def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
+    def __init__(self, cfg: EncoderConfig, rotary: Rotary | None) -> None:
         super().__init__()
         n_tasks, r, a = len(cfg.lora_adaptations), cfg.lora_rank, cfg.lora_alpha
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
@@ -168,7 +205,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         # Output rows are laid out (3, heads, head_dim): Q block, then K, then V.
         qkv = self.Wqkv(x, task_ids).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        qk = self.rotary(qkv[:2])  # Q and K in one pass
+        qk = self.rotary(qkv[:2]) if self.rotary is not None else qkv[:2]  # Q and K in one pass
         q, k, v = qk[0], qk[1], qkv[2]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0
@@ -179,7 +216,7 @@ class Attention(nn.Module):
     def _forward_packed(self, x: Tensor, packed: Packed) -> Tensor:
         t = x.shape[0]
         qkv = self.Wqkv(x, packed.spans).view(t, 3, self.num_heads, self.head_dim)
-        qk = self.rotary(qkv[:, :2], packed)  # Q and K in one pass
+        qk = self.rotary(qkv[:, :2], packed) if self.rotary is not None else qkv[:, :2]
         q, k, v = qk[:, 0], qk[:, 1], qkv[:, 2]
         dropout = self.dropout_p if self.training else 0.0
         if self.nested_attention if self.nested_attention is not None else x.is_cuda:
@@ -220,7 +257,7 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """h = LN(x + Attn(x)); y = LN(h + MLP(h)): BERT's post-LN order."""
 
-    def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
+    def __init__(self, cfg: EncoderConfig, rotary: Rotary | None) -> None:
         super().__init__()
         self.mixer = Attention(cfg, rotary)
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -234,7 +271,7 @@ class Block(nn.Module):
 
 
 class Layers(nn.Module):
-    def __init__(self, cfg: EncoderConfig, rotary: Rotary) -> None:
+    def __init__(self, cfg: EncoderConfig, rotary: Rotary | None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(Block(cfg, rotary) for _ in range(cfg.num_hidden_layers))
 
@@ -264,7 +301,7 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.emb_drop = nn.Dropout(cfg.hidden_dropout_prob)
-        self.encoder = Layers(cfg, self.rotary)
+        self.encoder = Layers(cfg, self.rotary if cfg.position_embedding_type == "rotary" else None)
         self.pooler = Pooler(cfg) if add_pooling_layer else None
         self.gradient_checkpointing = False
         # Set on merged copies (see merged()): the task whose embedding adapter runs as a side path.
@@ -303,7 +340,7 @@ class Encoder(nn.Module):
         if sum(seqlens) != input_ids.shape[0] or len(tasks) != len(seqlens):
             raise ValueError("forward_packed: seqlens must sum to the token count, with one task per sequence")
         packed = Packed.build(seqlens, [int(t) if t >= 0 else NO_TASK for t in tasks], input_ids.device)
-        x = self.embed(input_ids, packed.spans)
+        x = self.embed(input_ids, packed.spans, seqlens)
         return self._blocks(x, packed, packed.spans)
 
     def _blocks(self, x: Tensor, layout: Tensor | Packed | None, task_ids: Tensor | Spans | None) -> Tensor:
@@ -334,13 +371,16 @@ class Encoder(nn.Module):
                 quantize_int8(part)
         return clone
 
-    def embed(self, input_ids: Tensor, task_ids: Tensor | Spans | None) -> Tensor:
-        """Embedding sum, LayerNorm and dropout; a merged copy applies its own task's embedding adapter."""
+    def embed(self, input_ids: Tensor, task_ids: Tensor | Spans | None, seqlens: list[int] | None = None) -> Tensor:
+        """Embedding sum, LayerNorm and dropout; a merged copy applies its own task's embedding adapter.
+        Packed input (T,) comes with its `seqlens` (the position table restarts per sequence)."""
         if self.embedding_task is not None:
             n = input_ids.shape[0]
             task_ids = [(self.embedding_task, 0, n)] if input_ids.dim() == 1 else input_ids.new_full(
                 (n,), self.embedding_task)
-        return self.emb_drop(self.emb_ln(self.embeddings(input_ids, task_ids)))
+        if input_ids.dim() == 1 and seqlens is None:
+            seqlens = [input_ids.shape[0]]
+        return self.emb_drop(self.emb_ln(self.embeddings(input_ids, task_ids, seqlens)))
 
     @torch.no_grad()
     def permute_hidden(self, order: Tensor | list[int]) -> None:
@@ -358,7 +398,7 @@ class Encoder(nn.Module):
         def take(t: Tensor, dim: int) -> None:
             t.copy_(t.index_select(dim, idx.to(t.device)))
 
-        for table in (self.embeddings.word_embeddings, self.embeddings.token_type_embeddings):
+        for table in self.embeddings.tables():
             take(table.weight, 1)
             take(table.lora_B, 2)
         layers = list(self.encoder.layers)
