@@ -42,17 +42,17 @@ back() {
   rm -f "$OUT"/model-*.safetensors && mv "$W"/back/model-*.safetensors "$OUT/" && echo "$1" > "$OUT/stage.txt"
   t "$1 exported"
 }
-STEPS="convert distill" scripts/build_default_model.sh || exit 1
+STEPS="convert distill" scripts/build_rotary_model.sh || exit 1
 cp "$W/distilled/distill_report.json" "$OUT/"
 back distilled || exit 1
 if [[ "${UNTIL:-}" == distill ]]; then exit 0; fi
 if [[ "${PAIRS:-1}" == 0 ]]; then  # stage III directly on the distilled backbone
   rm -rf "$W/backbone" && cp -r "$W/distilled" "$W/backbone"
-  STEPS="adapters" scripts/build_default_model.sh || exit 1
+  STEPS="adapters" scripts/build_rotary_model.sh || exit 1
 else
-  STEPS="pairs" scripts/build_default_model.sh || exit 1
+  STEPS="pairs" scripts/build_rotary_model.sh || exit 1
   if [[ "${UNTIL:-}" == pairs ]]; then back pairs; exit 0; fi   # a short lease: stage III on the CPU afterwards
-  STEPS="soup adapters" scripts/build_default_model.sh || exit 1
+  STEPS="soup adapters" scripts/build_rotary_model.sh || exit 1
 fi
 back final || exit 1
 # The packed (nested-tensor) inference path has only been tested on CPU: check it against the padded one

