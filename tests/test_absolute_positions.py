@@ -227,3 +227,17 @@ def test_bert_checkpoint_converts_exactly(tmp_path):
         with torch.no_grad():
             h = bert(input_ids=torch.tensor([text_ids])).last_hidden_state[0].mean(0)
         np.testing.assert_allclose(vec, torch.nn.functional.normalize(h, dim=0).numpy(), atol=1e-5)
+
+
+def test_late_chunking_windows_a_document_past_the_table(absolute):
+    """A document longer than the table is read in windows that fit it (the position table would refuse a
+    longer pass), with the same result as naming that window explicitly."""
+    from taskembed.late_chunking import late_chunk
+
+    chunks = [long_text(30), long_text(200), long_text(25)]
+    vecs = late_chunk(absolute, chunks, task="separation")
+    assert vecs.shape == (3, absolute.config.hidden_size) and np.isfinite(vecs).all()
+    explicit = late_chunk(absolute, chunks, task="separation", window=absolute.config.max_tokens)
+    np.testing.assert_array_equal(vecs, explicit)
+    with pytest.raises(ValueError, match="longest pass"):
+        late_chunk(absolute, chunks, task="separation", window=absolute.config.max_tokens + 1)

@@ -126,7 +126,7 @@ def test_dimensions_and_no_normalisation(tiny):
         (dict(chunks=["a"], task="nope"), "unknown task"),
         (dict(chunks=["a"], dimensions=7), "not allowed"),
         (dict(chunks=CHUNKS * 3, window=10, overlap=8, task="retrieval.query"), "window=10"),
-        (dict(chunks=["a"], window=100_000), "max_position_embeddings"),
+        (dict(chunks=["a"], window=100_000), "longest pass"),
     ],
 )
 def test_errors(tiny, kwargs, match):

@@ -52,7 +52,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model: {emb.path}")
     print(f"architecture: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
-          f"rotary base {cfg.rotary_emb_base:g}, max positions {cfg.max_position_embeddings}")
+          + (f"rotary base {cfg.rotary_emb_base:g}, max positions {cfg.max_position_embeddings}"
+             if cfg.position_embedding_type == "rotary" else
+             f"learned positions, {cfg.max_tokens} tokens per pass (longer texts in windows)"))
     print(f"parameters: base {counts['base']:,}; per adapter {counts['per_adapter']:,} "
           f"(rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}); total {counts['total']:,}")
     print(f"dimensions: {emb.dimensions}")

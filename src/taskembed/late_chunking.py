@@ -168,9 +168,10 @@ def token_states(emb: Embedder, p: LateChunkPlan, window: int | None = None, ove
 
     Rows for <s>, </s> and prefix tokens come from the first window; body tokens from their best window.
     """
-    window = window or min(DEFAULT_WINDOW, emb.config.max_position_embeddings)
-    if not isinstance(window, int) or window > emb.config.max_position_embeddings:
-        raise ValueError(f"window={window!r} must be an int <= max_position_embeddings")
+    # A learned position table bounds one pass (512 tokens for multilingual-e5); rotary models read 8192.
+    window = window or min(DEFAULT_WINDOW, emb.config.max_tokens)
+    if not isinstance(window, int) or window > emb.config.max_tokens:
+        raise ValueError(f"window={window!r} must be an int <= {emb.config.max_tokens} (the model's longest pass)")
     n = len(p.ids)
     if n <= window:
         return _forward(emb, [p.ids], p.task_id)[0]
