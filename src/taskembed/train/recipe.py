@@ -5,6 +5,8 @@
 The output is a recipe folder (see taskembed.bundled): it holds what the recipe makes, and names the pinned
 package files the backbone and tokenizer come from; `taskembed.load` assembles the full model from it. Steps:
 
+  data        ([data] only = [...]) the training side of the allowed Debian sources, via
+              data/train/build_train_data.py, into WORK/data (its download cache is reused)
   sources     the backbone and tokenizer files of the installed pinned packages, with their sha256
   config      the backbone's config (learned positions kept) with the recipe's task prefixes, Matryoshka
               sizes and long-text windows
@@ -35,7 +37,8 @@ from ..config import TASKS
 from .convert import convert_config
 from .reorder import channel_order, read_pairs
 
-RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "reorder"}
+RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "data", "reorder"}
+ROOT = Path(__file__).resolve().parents[3]  # the repository (recipes read its data builders)
 
 
 class RecipeError(ValueError):
@@ -92,13 +95,29 @@ def write_config(recipe: dict, sources: dict, out: Path) -> None:
     cfg.save(out / "config.json")
 
 
-def write_order(recipe: dict, out: Path, threads: int) -> dict:
+def build_data(recipe: dict, work: Path) -> dict:
+    spec = recipe.get("data", {})
+    if not spec.get("only"):
+        return {}
+    builder = ROOT / "data" / "train" / "build_train_data.py"
+    if not builder.is_file():
+        raise RecipeError(f"[data] needs the repository's {builder.relative_to(ROOT)}")
+    cmd = [sys.executable, str(builder), "--out", str(work / "data"), "--cache", str(work / "cache"),
+           "--only", ",".join(spec["only"])]
+    subprocess.run(cmd, check=True)
+    manifest = json.loads((work / "data" / "manifest.json").read_text())
+    return {"only": spec["only"], "manifest_sha256": hashlib.sha256(
+        json.dumps(manifest, sort_keys=True).encode()).hexdigest()}
+
+
+def write_order(recipe: dict, out: Path, threads: int, work: Path) -> dict:
     spec = recipe.get("reorder", {})
     n = int(spec.get("pairs", 0))
     if n <= 0:
         (out / "channel_order.json").unlink(missing_ok=True)
         return {"pairs": 0}
-    files = sorted(f for pattern in spec.get("data", []) for f in glob.glob(str(pattern)))
+    patterns = [str(p).replace("{data}", str(work / "data")).replace("{root}", str(ROOT)) for p in spec.get("data", [])]
+    files = sorted(f for pattern in patterns for f in glob.glob(pattern))
     if not files:
         raise RecipeError(f"[reorder] data {spec.get('data')} matches no files")
     from ..checkpoint import load
@@ -127,18 +146,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def build(recipe_path: str | Path, out: str | Path, threads: int = 2) -> Path:
+def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str | Path | None = None) -> Path:
     recipe = read_recipe(recipe_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    work = Path(work) if work else Path(tempfile.gettempdir()) / f"taskembed-recipe-{recipe['name']}"
+    work.mkdir(parents=True, exist_ok=True)
     for stale in ("model.safetensors", "adapters.safetensors", "tokenizer.json"):
         (out / stale).unlink(missing_ok=True)  # the folder is rebuilt whole, never read
     sources = {"backbone": _pin(recipe["backbone"], "backbone"), "tokenizer": _pin(recipe["tokenizer"], "tokenizer")}
     (out / bundled.SOURCES_FILE).write_text(json.dumps(sources, indent=2) + "\n")
-    steps = ["sources"]
+    data = build_data(recipe, work)
+    steps = (["data"] if data else []) + ["sources"]
     write_config(recipe, sources, out)
     steps.append("config")
-    reorder = write_order(recipe, out, threads)
+    reorder = write_order(recipe, out, threads, work)
     if reorder["pairs"]:
         steps.append("reorder")
     provenance = {
@@ -147,7 +169,8 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2) -> Path:
         "recipe_sha256": hashlib.sha256(Path(recipe_path).read_bytes()).hexdigest(),
         "git_commit": _git_commit(),
         "packages": sources,
-        "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "reorder")},
+        "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "data", "reorder")},
+        "data": data,
         "steps": steps,
         "reorder": reorder,
         "adapters": "none trained: every adapter is a no-op (the base model with the task's prefix)",
@@ -162,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe", help="recipe TOML file (recipes/taskembed-small.toml)")
     p.add_argument("--out", required=True, help="recipe folder to (re)write, e.g. src/taskembed/models/NAME")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", help="intermediate files (default: $TMPDIR/taskembed-recipe-NAME)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        out = build(args.recipe, args.out, args.threads)
-    except (RecipeError, bundled.BundleError) as e:
+        out = build(args.recipe, args.out, args.threads, args.work)
+    except (RecipeError, bundled.BundleError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())), file=sys.stderr)
