@@ -350,12 +350,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    import uvicorn
+    from taskembed.serve import server as srv_mod
 
     app = create_app(tiny, settings(api_keys=[KEY]))
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                       timeout_graceful_shutdown=10))
+    srv = srv_mod.Server(srv_mod.config(app, "127.0.0.1", port, log_level="warning", shutdown_timeout_s=10), 10)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -423,12 +422,11 @@ def test_uvicorn_raw_http_and_dropped_connection(server):
 
 
 def test_uvicorn_graceful_shutdown(tiny):
-    import uvicorn
+    from taskembed.serve import server as srv_mod
 
     app = create_app(tiny, settings())
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        timeout_graceful_shutdown=10))
+    srv = srv_mod.Server(srv_mod.config(app, "127.0.0.1", port, log_level="warning", shutdown_timeout_s=10), 10)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
@@ -457,15 +455,15 @@ def test_uvicorn_graceful_shutdown(tiny):
 
 
 def test_cli_serves_the_bundled_model_by_default_and_says_when_it_is_missing(capsys, monkeypatch):
-    import uvicorn
-
     import taskembed.checkpoint
     from taskembed.serve import cli as serve_cli
+    from taskembed.serve import server
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    assert serve_main(["--port", "1"]) == 0
-    assert seen["port"] == 1 and seen["app"].state.settings.model_names == ["taskembed-small"]
+    monkeypatch.setattr(server, "serve", lambda app, host, port, **kw: seen.update(app=app, port=port, **kw))
+    assert serve_main(["--port", "1", "--shutdown-timeout", "7"]) == 0
+    assert seen["port"] == 1 and seen["shutdown_timeout_s"] == 7
+    assert seen["app"].state.settings.model_names == ["taskembed-small"]
 
     def missing():
         raise taskembed.checkpoint.CheckpointError("the bundled default model is missing from X")
@@ -485,10 +483,10 @@ def test_window_too_small_for_the_prefix_is_a_400(tiny):
 
 
 def test_cli_int8_serves_a_quantised_model_and_refuses_it_on_gpu(tiny_dir, capsys, monkeypatch):
-    import uvicorn
+    from taskembed.serve import server
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(server, "serve", lambda app, host, port, **kw: seen.update(app=app, **kw))
     assert serve_main(["--model", str(tiny_dir), "--int8"]) == 0
     assert seen["app"].state.embedder.quantized
     assert serve_main(["--model", str(tiny_dir), "--int8", "--device", "meta"]) == 2

@@ -197,6 +197,7 @@ class Batcher:
         if not order:
             return None, []
         if order[0].plan is not None:
+            self._passed_over(order, {order[0]})
             return order[0], []
         packed = getattr(self.emb, "packed", False)
         chosen: list[tuple[Job, int]] = []
@@ -215,7 +216,13 @@ class Batcher:
                 else:
                     keep.append(r)
             job.pending = keep
+        self._passed_over(order, {j for j, _ in chosen})
         return None, chosen
+
+    @staticmethod
+    def _passed_over(candidates: list[Job], ran: set[Job]) -> None:
+        for j in candidates:
+            j.skipped = 0 if j in ran else j.skipped + 1
 
     # --- the loop -----------------------------------------------------------------------------------
 
@@ -247,8 +254,6 @@ class Batcher:
             if late is None and not rows:
                 continue
             ran = {late} if late is not None else {j for j, _ in rows}
-            for j in self.active:
-                j.skipped = 0 if j in ran else j.skipped + 1
             start = time.perf_counter()
             for j in ran:
                 if j.rows_left == j.size or late is not None:  # first pass of this job
