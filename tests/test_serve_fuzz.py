@@ -86,7 +86,7 @@ def test_no_5xx_valid_json_and_documented_answers(live, mode):
         @settings(max_examples=20, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case):
-            seen[op.path] = seen.get(op.path, 0) + 1
+            seen[case.path] = seen.get(case.path, 0) + 1
             for headers in (AUTH, {}):
                 response = case.call(base_url=live, headers=headers, timeout=30)
                 where = (case.method, case.path, response.status_code, response.text[:300])
