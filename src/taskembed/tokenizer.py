@@ -34,6 +34,10 @@ class Tokenizer:
         self.sep_id = self._special("</s>")
         self.mask_id = backend.token_to_id("<mask>")
         self.num_special = len(self.backend.encode("", add_special_tokens=True).ids)
+        # No token covers more input characters than its piece has (the normaliser aside): the basis of
+        # the server's character bounds, which refuse huge texts before tokenising them.
+        self.max_piece_chars = max(1, max((len(p) for p in self.backend.get_vocab(with_added_tokens=True)),
+                                          default=1))
 
     def _special(self, token: str) -> int:
         idx = self.backend.token_to_id(token)
@@ -76,15 +80,19 @@ class Tokenizer:
     def encode(self, texts: list[str], max_length: int, truncate: bool = True) -> Encoded:
         """Token ids with <s> ... </s>, cut to max_length tokens (specials included) when truncate."""
         encs = self.backend.encode_batch(texts, add_special_tokens=True)
+        if not truncate:
+            over = next(((i, len(e.ids)) for i, e in enumerate(encs) if len(e.ids) > max_length), None)
+            if over is not None:
+                # Raised once the encodings are gone: the error's traceback keeps this frame alive.
+                del encs
+                raise TokenizerError(
+                    f"input {over[0]} has {over[1]} tokens, more than max_length={max_length}, and "
+                    "truncation is off"
+                )
         ids, offsets = [], []
-        for i, e in enumerate(encs):
+        for e in encs:
             tok, off = e.ids, e.offsets
             if len(tok) > max_length:
-                if not truncate:
-                    raise TokenizerError(
-                        f"input {i} has {len(tok)} tokens, more than max_length={max_length}, and "
-                        "truncation is off"
-                    )
                 # Keep the closing </s>, as HF truncation does.
                 tok = tok[: max_length - 1] + tok[-1:]
                 off = off[: max_length - 1] + off[-1:]

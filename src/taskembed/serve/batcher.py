@@ -1,22 +1,27 @@
-"""Dynamic batching: requests from many clients share forward passes, run on one worker thread.
+"""Scheduling: requests from many clients share forward passes, run one pass at a time on a worker thread.
 
 Requests arrive already tokenised (the handler does that, so bad input is refused before it queues).
-The batcher takes the oldest request, then keeps adding queued ones until the real-token budget is used
-or, while more requests are on their way in, a short wait ends. The collected texts, whatever their task
-(the encoder picks an adapter per row), are sorted by length and cut into padded forward passes under the
-same budget, so one 8k-token text never pads a batch of short ones. Vectors come back full width and
-unnormalised; each request then applies its own dimensions / normalisation / quantisation.
+Work is cut into forward passes of at most `max_batch_tokens` tokens, and every pass is planned afresh
+from all unfinished requests, shortest remaining work first: a one-line request that arrives while an
+8k-token document runs waits for the pass in flight, not for the whole document. A request passed over
+for STARVE_PASSES passes in a row goes first in the next one, so a steady stream of short requests
+cannot starve a long one. Rows of different requests and tasks share a pass (the encoder picks an
+adapter per row). Vectors come back full width and unnormalised; each request then applies its own
+dimensions / normalisation / quantisation.
 
-While the worker runs one step, new requests queue; the next step takes them at once. The queue is
-bounded in inputs: a full queue refuses new work (the server answers 503) instead of growing latency.
-A request whose client went away is dropped from the queue before it costs a forward pass.
+A late-chunking document is one unit (its macro windows see each other), run alone in its turn.
+
+The queue is bounded in inputs and in tokens, counting what has not yet entered a pass: a full queue
+refuses new work (the server answers 503 with an estimate of the wait) instead of growing latency.
+A request whose client went away is dropped at the next pass boundary. On shutdown, `drain()` refuses
+new work and lets the rest finish; `abort()` fails what is left with a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,10 +33,16 @@ from ..embedder import Embedder
 from .metrics import Metrics
 
 MAX_ROWS_PER_PASS = 512  # more rows per pass buy nothing on CPU and cost activation memory
+STARVE_PASSES = 4
+MAX_RETRY_AFTER_S = 600
 
 
 class QueueFull(Exception):
     """The queue has no room for this request (or the server is shutting down)."""
+
+
+class Aborted(Exception):
+    """The server stopped before this request finished."""
 
 
 @dataclass(eq=False)
@@ -42,6 +53,12 @@ class Job:
     future: asyncio.Future | None = None
     enqueued: float = 0.0
     cancelled: bool = False
+    # scheduling state
+    pending: list[int] = field(default_factory=list)  # rows not yet in a pass, longest first
+    rows_left: int = 0  # rows not yet finished (pending + in flight)
+    out: Tensor | None = None
+    skipped: int = 0
+    seq: int = 0
 
     @property
     def size(self) -> int:
@@ -50,6 +67,11 @@ class Job:
     @property
     def tokens(self) -> int:
         return self.plan.num_tokens if self.plan is not None else sum(len(x) for x in self.ids)
+
+    def pending_tokens(self) -> int:
+        if self.plan is not None:
+            return self.plan.num_tokens if self.pending else 0
+        return sum(len(self.ids[r]) for r in self.pending)
 
 
 class Batcher:
@@ -62,19 +84,25 @@ class Batcher:
         metrics: Metrics | None = None,
         late_window: int | None = None,
         late_overlap: int | None = None,
+        max_queue_tokens: int | None = None,
     ) -> None:
         self.emb = emb
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_queue_tokens = max_queue_tokens
         self.metrics = metrics or Metrics()
         self.late_window = late_window
         self.late_overlap = late_overlap
-        self.queue: deque[Job] = deque()
-        self.queued_inputs = 0
+        self.active: list[Job] = []  # unfinished jobs, in arrival order
+        self.queued_inputs = 0  # rows not yet in a pass
+        self.queued_tokens = 0
+        self.passes = 0
         # Requests being parsed/tokenised right now: worth the short wait only when someone is coming.
         self.arriving = 0
-        self.closing = False
+        self.closing = False  # no new work (draining or stopped)
+        self._seq = 0
+        self._rate: float | None = None  # tokens per second of recent passes, for Retry-After
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -86,11 +114,22 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskembed-infer")
         self._task = asyncio.create_task(self._loop(), name="taskembed-batcher")
 
-    async def close(self) -> None:
-        """Refuse new work, finish everything queued, stop the worker."""
+    def drain(self) -> None:
+        """Refuse new work; what is queued or running goes on."""
         self.closing = True
         if self._wakeup is not None:
             self._wakeup.set()
+
+    def abort(self, message: str = "the server is shutting down") -> None:
+        """Fail every unfinished job (a pass in flight completes, its results are dropped)."""
+        for job in list(self.active):
+            self._remove(job)
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(Aborted(message))
+
+    async def close(self) -> None:
+        """Refuse new work, finish everything queued, stop the worker."""
+        self.drain()
         if self._task is not None:
             await self._task
         if self._executor is not None:
@@ -98,39 +137,94 @@ class Batcher:
 
     # --- submitting ---------------------------------------------------------------------------------
 
+    def retry_after(self, extra_tokens: int = 0) -> int:
+        """Seconds until the queued work (plus `extra_tokens`) is likely done, from recent throughput."""
+        rate = self._rate or float(self.max_batch_tokens)  # before any pass: a guess of one pass a second
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil((self.queued_tokens + extra_tokens) / rate)))
+
     def submit(self, job: Job) -> Job:
         if self.closing:
             raise QueueFull("the server is shutting down")
-        if self.queued_inputs + job.size > self.max_queue and self.queue:
+        if self.active and self.queued_inputs + job.size > self.max_queue:
             self.metrics.rejected.inc()
             raise QueueFull(f"the queue is full ({self.queued_inputs} inputs waiting)")
+        tokens = job.tokens
+        if self.active and self.max_queue_tokens is not None and self.queued_tokens + tokens > self.max_queue_tokens:
+            self.metrics.rejected.inc()
+            raise QueueFull(f"the queue is full ({self.queued_tokens} tokens waiting)")
         job.future = asyncio.get_running_loop().create_future()
         job.enqueued = time.perf_counter()
-        self.queue.append(job)
+        job.seq, self._seq = self._seq, self._seq + 1
+        if job.plan is not None:
+            job.pending, job.rows_left = [0], 1
+        else:
+            job.pending = sorted(range(len(job.ids)), key=lambda r: -len(job.ids[r]))
+            job.rows_left = len(job.ids)
+        self.active.append(job)
         self.queued_inputs += job.size
-        self.metrics.queue_depth.set(self.queued_inputs)
+        self.queued_tokens += tokens
+        self._gauges()
         self._wakeup.set()
         return job
 
     def cancel(self, job: Job) -> None:
-        """The client went away: drop the job if it has not started; a running forward pass finishes."""
+        """The client went away: its rows not yet in a pass are dropped; a pass in flight finishes."""
         if job.cancelled or job.future is None or job.future.done():
             return
         job.cancelled = True
-        if job in self.queue:
-            self.queue.remove(job)
-            self.queued_inputs -= job.size
-            self.metrics.queue_depth.set(self.queued_inputs)
-            self.metrics.cancelled.inc()
+        self._remove(job)
+        self.metrics.cancelled.inc()
         job.future.cancel()
 
-    # --- the loop -----------------------------------------------------------------------------------
+    def _remove(self, job: Job) -> None:
+        if job in self.active:
+            self.active.remove(job)
+            self.queued_inputs -= job.size if job.plan is not None and job.pending else len(job.pending)
+            self.queued_tokens -= job.pending_tokens()
+            job.pending = []
+            self._gauges()
 
-    def _pop(self) -> Job:
-        job = self.queue.popleft()
-        self.queued_inputs -= job.size
+    def _gauges(self) -> None:
         self.metrics.queue_depth.set(self.queued_inputs)
-        return job
+        self.metrics.queue_tokens.set(self.queued_tokens)
+
+    # --- planning a pass --------------------------------------------------------------------------
+
+    def _plan(self) -> tuple[Job | None, list[tuple[Job, int]]]:
+        """The next pass: a late-chunking job alone, or rows (job, row) within the token budget."""
+        order = sorted((j for j in self.active if j.pending),
+                       key=lambda j: (j.skipped < STARVE_PASSES, j.pending_tokens(), j.seq))
+        if not order:
+            return None, []
+        if order[0].plan is not None:
+            self._passed_over(order, {order[0]})
+            return order[0], []
+        packed = getattr(self.emb, "packed", False)
+        chosen: list[tuple[Job, int]] = []
+        tokens = width = 0
+        for job in order:
+            if job.plan is not None or len(chosen) >= MAX_ROWS_PER_PASS:
+                continue
+            keep = []
+            for r in job.pending:
+                n = len(job.ids[r])
+                w = max(width, n)
+                cost = tokens + n if packed else w * (len(chosen) + 1)
+                if len(chosen) < MAX_ROWS_PER_PASS and (not chosen or cost <= self.max_batch_tokens):
+                    chosen.append((job, r))
+                    tokens, width = tokens + n, w
+                else:
+                    keep.append(r)
+            job.pending = keep
+        self._passed_over(order, {j for j, _ in chosen})
+        return None, chosen
+
+    @staticmethod
+    def _passed_over(candidates: list[Job], ran: set[Job]) -> None:
+        for j in candidates:
+            j.skipped = 0 if j in ran else j.skipped + 1
+
+    # --- the loop -----------------------------------------------------------------------------------
 
     async def _wait(self, timeout: float | None) -> bool:
         self._wakeup.clear()
@@ -140,54 +234,74 @@ class Batcher:
         except TimeoutError:
             return False
 
-    async def _collect(self) -> list[Job]:
-        while not self.queue:
-            if self.closing:
-                return []
+    async def _gather(self) -> bool:
+        """Wait for work; while a pass is not full and requests are arriving, wait a moment for them."""
+        while not any(j.pending for j in self.active):
+            if self.closing and not self.active:
+                return False
             await self._wait(None)
-        first = self._pop()
-        if first.plan is not None:
-            return [first]
-        jobs, tokens = [first], first.tokens
         deadline = time.perf_counter() + self.max_wait
-        while tokens < self.max_batch_tokens:
-            if not self.queue:
-                left = deadline - time.perf_counter()
-                if self.arriving <= 0 or left <= 0 or self.closing or not await self._wait(left):
-                    break
-                continue
-            nxt = self.queue[0]
-            if nxt.plan is not None or tokens + nxt.tokens > self.max_batch_tokens:
+        while self.queued_tokens < self.max_batch_tokens and self.arriving > 0 and not self.closing:
+            left = deadline - time.perf_counter()
+            if left <= 0 or not await self._wait(left):
                 break
-            jobs.append(self._pop())
-            tokens += nxt.tokens
-        return jobs
+        return True
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._collect()
-            if not jobs:
-                return
-            now = time.perf_counter()
-            for j in jobs:
-                self.metrics.queue_seconds.observe(now - j.enqueued)
-            self.metrics.batch_requests.observe(len(jobs))
+        while await self._gather():
+            late, rows = self._plan()
+            if late is None and not rows:
+                continue
+            ran = {late} if late is not None else {j for j, _ in rows}
+            start = time.perf_counter()
+            for j in ran:
+                if j.rows_left == j.size or late is not None:  # first pass of this job
+                    self.metrics.queue_seconds.observe(start - j.enqueued)
+            n_tokens = late.tokens if late is not None else sum(len(j.ids[r]) for j, r in rows)
+            self.queued_tokens -= n_tokens
+            self.queued_inputs -= late.size if late is not None else len(rows)
+            if late is not None:
+                late.pending = []
+            self._gauges()
+            self.metrics.batch_requests.observe(len(ran))
             try:
-                if jobs[0].plan is not None:
-                    results = [await loop.run_in_executor(self._executor, self._run_late, jobs[0].plan)]
+                if late is not None:
+                    result = await loop.run_in_executor(self._executor, self._run_late, late.plan)
                 else:
-                    results = await loop.run_in_executor(self._executor, self._run_embed, jobs)
+                    ids = [j.ids[r] for j, r in rows]
+                    tids = [j.task_ids[r] for j, r in rows]
+                    result = await loop.run_in_executor(self._executor, self._forward, ids, tids)
             except Exception as e:  # a failed forward pass fails its requests, not the server
-                for j in jobs:
+                for j in ran:
+                    self._remove(j)
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
             finally:
-                self.metrics.inference_seconds.observe(time.perf_counter() - now)
-            for j, r in zip(jobs, results, strict=True):
-                if not j.future.done():
-                    j.future.set_result(r)
+                elapsed = time.perf_counter() - start
+                self.passes += 1
+                self.metrics.inference_seconds.observe(elapsed)
+                rate = n_tokens / max(elapsed, 1e-6)
+                self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+            if late is not None:
+                self._finish(late, result)
+                continue
+            for k, (j, r) in enumerate(rows):
+                if j.future.done() or j.cancelled:
+                    continue
+                if j.out is None:
+                    j.out = torch.empty((len(j.ids), result.shape[1]), dtype=torch.float32)
+                j.out[r] = result[k]
+                j.rows_left -= 1
+                if j.rows_left == 0:
+                    self._finish(j, j.out)
+
+    def _finish(self, job: Job, result: Tensor) -> None:
+        if job in self.active:
+            self.active.remove(job)
+        if not job.future.done():
+            job.future.set_result(result)
 
     # --- worker thread ------------------------------------------------------------------------------
 
@@ -197,30 +311,10 @@ class Batcher:
         return late_chunking.pooled(self.emb, plan, self.late_window, self.late_overlap)
 
     @torch.inference_mode()
-    def _run_embed(self, jobs: list[Job]) -> list[Tensor]:
-        rows = [(ji, r) for ji, j in enumerate(jobs) for r in range(len(j.ids))]
-        rows.sort(key=lambda x: -len(jobs[x[0]].ids[x[1]]))
-        hidden = self.emb.config.hidden_size
-        outs = [torch.empty((len(j.ids), hidden), dtype=torch.float32) for j in jobs]
-        # Packed passes (the Embedder's default) cost real tokens; padded ones rows x longest.
+    def _forward(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+        """One forward pass: full-width pooled vectors (rows, hidden) in fp32 on CPU."""
         packed = getattr(self.emb, "packed", False)
-        start = 0
-        while start < len(rows):
-            width = len(jobs[rows[start][0]].ids[rows[start][1]])  # longest first: the first row sets the width
-            end, cost = start, 0
-            while end < len(rows) and end - start < MAX_ROWS_PER_PASS:
-                n = len(jobs[rows[end][0]].ids[rows[end][1]])
-                cost = cost + n if packed else width * (end - start + 1)
-                if end > start and cost > self.max_batch_tokens:
-                    break
-                end += 1
-            chunk = rows[start:end]
-            ids = [jobs[ji].ids[r] for ji, r in chunk]
-            self.metrics.batch_rows.observe(len(ids))
-            self.metrics.batch_tokens.observe(sum(map(len, ids)) if packed else width * len(ids))
-            # The Embedder's own pass (packed or padded, any quantisation), so server == encode().
-            pooled = self.emb.forward_pooled(ids, [jobs[ji].task_ids[r] for ji, r in chunk]).float().cpu()
-            for k, (ji, r) in enumerate(chunk):
-                outs[ji][r] = pooled[k]
-            start = end
-        return outs
+        self.metrics.batch_rows.observe(len(ids))
+        self.metrics.batch_tokens.observe(sum(map(len, ids)) if packed else max(map(len, ids)) * len(ids))
+        # The Embedder's own pass (packed or padded, any quantisation), so server == encode().
+        return self.emb.forward_pooled(ids, task_ids).float().cpu()

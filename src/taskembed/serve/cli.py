@@ -31,12 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help="how long a step waits for more requests while some are arriving")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="inputs waiting before 503")
+    p.add_argument("--max-queue-tokens", type=int, default=d.max_queue_tokens, help="tokens waiting before 503")
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
+    p.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens,
+                   help="tokens per request, all texts together after truncation (over: 413)")
     p.add_argument("--max-length", type=int, help="tokens per text (default: the model's context, at most 8192)")
     p.add_argument("--max-doc-tokens", type=int, default=d.max_doc_tokens, help="late chunking: tokens per document")
     p.add_argument("--late-window", type=int, help="late chunking: tokens per macro window (default: context)")
     p.add_argument("--late-overlap", type=int, help="late chunking: tokens shared by windows (default window/8)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                   help="seconds for a request's headers, and again for its body (408), to arrive")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM: seconds for running requests to finish before they get a 503")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections and requests at once; beyond it uvicorn answers 503 (plain text)")
+    p.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection stays open")
     p.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, all cores)")
     p.add_argument("--int8", action="store_true", help="int8 Linear layers on CPU (faster, cosine ~0.998 to fp32)")
@@ -53,9 +63,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        import uvicorn
-
         from .. import load
+        from . import server
     except ModuleNotFoundError as e:
         print(f"error: {e.name} is missing: pip install 'taskembed[serve]'", file=sys.stderr)
         return 2
@@ -70,9 +79,10 @@ def main(argv: list[str]) -> int:
         settings = ServerSettings(
             model_names=args.names or [Path(model).resolve().name], api_keys=keys,
             max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            max_inputs=args.max_inputs, max_length=args.max_length, max_doc_tokens=args.max_doc_tokens,
-            late_window=args.late_window, late_overlap=args.late_overlap, default_task=args.default_task,
-            max_body_bytes=args.max_body_bytes,
+            max_queue_tokens=args.max_queue_tokens, max_inputs=args.max_inputs,
+            max_request_tokens=args.max_request_tokens, max_length=args.max_length,
+            max_doc_tokens=args.max_doc_tokens, late_window=args.late_window, late_overlap=args.late_overlap,
+            default_task=args.default_task, max_body_bytes=args.max_body_bytes, read_timeout_s=args.read_timeout,
         )
         app = create_app(emb, settings)
         if args.index:
@@ -87,7 +97,7 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message="no task given")
     print(f"serving {model} as {settings.model_names[0]!r} on http://{args.host}:{args.port} "
           f"(docs: /docs; API keys: {'on' if keys else 'off'})", file=sys.stderr)
-    # uvicorn's SIGTERM/SIGINT handling stops accepting, lets in-flight requests finish, then runs the
-    # lifespan shutdown, which drains the batcher's queue.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    # SIGTERM/SIGINT: stop accepting, /health says draining, running requests finish or get a 503.
+    server.serve(app, args.host, args.port, shutdown_timeout_s=args.shutdown_timeout, log_level=args.log_level,
+                 read_timeout_s=args.read_timeout, max_connections=args.max_connections, keep_alive_s=args.keep_alive)
     return 0

@@ -31,8 +31,10 @@ class Metrics:
         self.inference_seconds = Histogram("taskembed_inference_seconds", "Time of one batcher step on the worker",
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("taskembed_queue_inputs", "Inputs waiting in the queue", registry=r)
+        self.queue_tokens = Gauge("taskembed_queue_tokens", "Tokens waiting in the queue (not yet in a pass)",
+                                  registry=r)
         self.rejected = Counter("taskembed_rejected", "Requests refused because the queue was full", registry=r)
-        self.cancelled = Counter("taskembed_cancelled", "Queued requests dropped because the client went away",
+        self.cancelled = Counter("taskembed_cancelled", "Requests dropped because the client went away",
                                  registry=r)
 
     def render(self) -> bytes:

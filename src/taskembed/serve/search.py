@@ -7,21 +7,21 @@ thread so the event loop stays free.
 
 from __future__ import annotations
 
-import hmac
-import json
+import math
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..index import VectorIndex
-from ..tokenizer import TokenizerError
-from .app import ApiError, _wait_or_disconnect, submit
+from .app import BODY_ERROR_DOCS, bearer, submit, tokenize, wait_for_job
 from .batcher import Job
+from .errors import ApiError, json_response
+from .limits import check_chars, check_unicode
 
 MAX_K = 1000
 
@@ -40,25 +40,11 @@ class SearchRequest(BaseModel):
 def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") -> None:
     """Add `POST {path}` to an app made by create_app (it uses the app's embedder, batcher and API keys)."""
     emb, batcher, s = app.state.embedder, app.state.batcher, app.state.settings
-    keys = [k.encode() for k in s.api_keys]
-    if index.info.get("query_task") not in (None, *emb.tasks):
-        raise ValueError(f"the index's query task {index.info.get('query_task')!r} is not one of this model's tasks")
-    if index.dimensions not in emb.dimensions:
-        raise ValueError(f"the index has {index.dimensions} dimensions; this model makes {emb.dimensions}")
-    max_length = s.max_length or min(8192, emb.config.max_position_embeddings)
+    protected = [Security(bearer)] if s.api_keys else []  # checked by the app's middleware; documented here
+    lim = app.state.limits
 
-    async def auth(request: Request) -> None:  # the same check as the app's other protected routes
-        if not keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        ok = False
-        for k in keys:
-            ok |= hmac.compare_digest(token.strip().encode(), k)
-        if scheme.lower() != "bearer" or not ok:
-            raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    @app.post(path, dependencies=[Depends(auth)], tags=["search"], summary="Search the loaded vector index")
+    @app.post(path, dependencies=protected, tags=["search"], summary="Search the loaded vector index",
+              responses=BODY_ERROR_DOCS)
     async def search(req: SearchRequest, request: Request) -> Response:
         if (req.query is None) == (req.vector is None):
             raise ApiError(400, "give exactly one of `query` (text) or `vector`", "query")
@@ -68,28 +54,34 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
             raise ApiError(400, "rescore must be in 1..100", "rescore")
         n_tokens = 0
         if req.vector is not None:
-            q = np.asarray(req.vector if isinstance(req.vector[0], list) else [req.vector], dtype=np.float32) \
-                if req.vector else np.zeros((0, 0), np.float32)
-            if q.ndim != 2 or q.shape[0] == 0 or q.shape[1] != index.dimensions:
-                raise ApiError(400, f"vector must have {index.dimensions} values (or be a list of such)", "vector")
+            q = _query_vectors(req.vector, index.dimensions)
         else:
+            if batcher.closing:
+                raise ApiError(503, "the server is shutting down; retry on another instance", code="shutting_down",
+                               headers={"Connection": "close"})
             texts = [req.query] if isinstance(req.query, str) else req.query
             if not texts or any(not t for t in texts):
                 raise ApiError(400, "query must be a non-empty string or a list of non-empty strings", "query")
             if len(texts) > s.max_inputs:
                 raise ApiError(400, f"too many queries: {len(texts)} > {s.max_inputs}", "query")
+            check_unicode(texts, "query")
             task = req.task or index.info.get("query_task")
             if task is not None and task not in emb.tasks:
                 raise ApiError(400, f"unknown task {task!r}; allowed: {', '.join(emb.tasks)}", "task")
+            # Queries are always truncated, as `taskembed search` does.
+            texts = check_chars(texts, lim["text_chars"], lim["request_chars"], True, "query")
             prefixed, task_ids = emb.prepare(texts, task)
+            batcher.arriving += 1
             try:
-                enc = emb.tokenizer.encode(prefixed, max_length, True)
-            except TokenizerError as e:
-                raise ApiError(400, str(e), "query") from None
-            job = Job(ids=enc.ids, task_ids=task_ids)
-            n_tokens = sum(len(x) for x in enc.ids)
-            submit(batcher, job, s.retry_after_s)
-            vectors = await _wait_or_disconnect(job, request, batcher)
+                ids, n_tokens = await tokenize(emb, prefixed, lim["max_length"], True, "query")
+                if n_tokens > s.max_request_tokens:
+                    raise ApiError(413, f"the request has {n_tokens} tokens, more than the {s.max_request_tokens} "
+                                        "allowed per request; split it", "query", "request_too_large")
+                job = Job(ids=ids, task_ids=task_ids)
+                submit(batcher, job)
+            finally:
+                batcher.arriving -= 1
+            vectors = await wait_for_job(job, request, batcher)
             if vectors is None:
                 return Response(status_code=499)
             q = torch.nn.functional.normalize(vectors[:, : index.dimensions], p=2, dim=-1).numpy()
@@ -102,5 +94,22 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
                 "index": {"count": index.size, "dimensions": index.dimensions, "kind": index.info["kind"],
                           "binary": index.info["binary"]},
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
-        # default=str: kept columns may hold dates or decimals, which JSON has no type for.
-        return Response(json.dumps(body, ensure_ascii=False, default=str), media_type="application/json")
+        # Kept columns may hold dates or decimals (sent as strings) or NaN (sent as null).
+        return json_response(body)
+
+
+def _query_vectors(vector: list[float] | list[list[float]], dims: int) -> np.ndarray:
+    """The request's vector(s) as a (n, dims) float32 array; ragged, empty or non-finite ones are a 400."""
+    rows = vector if vector and isinstance(vector[0], list) else [vector]
+    if not rows or any(not isinstance(r, list) for r in rows):
+        raise ApiError(400, f"vector must be {dims} numbers or a list of such", "vector")
+    bad = next((i for i, r in enumerate(rows) if len(r) != dims), None)
+    if bad is not None:
+        raise ApiError(400, f"vector[{bad}] has {len(rows[bad])} values; the index has {dims} dimensions", "vector")
+    if any(not math.isfinite(x) for r in rows for x in r):
+        raise ApiError(400, "vector holds NaN or infinity: give finite numbers", "vector")
+    with np.errstate(over="ignore"):  # overflow is checked just below
+        q = np.asarray(rows, dtype=np.float32)
+    if not np.isfinite(q).all() or not np.isfinite(np.linalg.norm(q, axis=1)).all():
+        raise ApiError(400, "vector values overflow float32: give numbers of moderate size", "vector")
+    return q
