@@ -241,3 +241,22 @@ def test_late_chunking_windows_a_document_past_the_table(absolute):
     np.testing.assert_array_equal(vecs, explicit)
     with pytest.raises(ValueError, match="longest pass"):
         late_chunk(absolute, chunks, task="separation", window=absolute.config.max_tokens + 1)
+
+
+def test_server_reads_long_texts_in_windows_like_encode(absolute):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from taskembed.serve import ServerSettings, create_app
+
+    absolute.window_overlap = 6
+    texts = [long_text(200), TEXTS[1]]
+    try:
+        with TestClient(create_app(absolute, ServerSettings(model_names=["tiny"]))) as c:
+            r = c.post("/v1/embeddings", json={"input": texts, "task": "retrieval.passage"})
+            assert r.status_code == 200, r.text
+            got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+            assert r.json()["usage"]["total_tokens"] == sum(absolute.count_tokens(texts, "retrieval.passage"))
+        np.testing.assert_allclose(got, absolute.encode(texts, task="retrieval.passage"), atol=1e-6)
+    finally:
+        absolute.window_overlap = 0

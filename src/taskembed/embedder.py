@@ -255,6 +255,23 @@ class Embedder:
                 weight.append(float(len(part)) if self.window_pooling == "tokens" else 1.0)
         return seqs, owner, weight
 
+    def pool_windows(self, vectors: Tensor, owner: list[int], weight: list[float], n: int) -> Tensor:
+        """Pooled vectors of split_windows' sequences -> one vector per text (weighted mean of its windows)."""
+        if len(owner) == n:
+            return vectors
+        w = torch.tensor(weight, dtype=vectors.dtype, device=vectors.device).unsqueeze(1)
+        idx = torch.tensor(owner, device=vectors.device)
+        out = torch.zeros((n, vectors.shape[1]), dtype=vectors.dtype, device=vectors.device)
+        out.index_add_(0, idx, vectors * w)
+        return out / torch.zeros(n, dtype=vectors.dtype, device=vectors.device).index_add_(0, idx, w[:, 0])[:, None]
+
+    @property
+    def max_input_length(self) -> int:
+        """The most tokens a text may have: the rotary context, or 8192 read in windows of a learned table."""
+        if self.config.position_embedding_type == "absolute":
+            return DEFAULT_MAX_LENGTH
+        return min(DEFAULT_MAX_LENGTH, self.config.max_position_embeddings)
+
     def _prefix_length(self, task: int, ids: list[int]) -> int:
         """Tokens of the task's instruction prefix at the start of `ids` (0 when it does not tokenise
         apart from the text, which then is not repeated in each window)."""
@@ -415,14 +432,7 @@ class Embedder:
                 print(f"\rencode: batch {bi + 1}/{len(batches)}", end="", file=sys.stderr, flush=True)
         if show_progress:
             print(file=sys.stderr)
-        if len(seqs) == len(prefixed):
-            out = pooled_seqs
-        else:
-            w = torch.tensor(weight, dtype=torch.float32).unsqueeze(1)
-            idx = torch.tensor(owner)
-            out = torch.zeros((len(prefixed), self.config.hidden_size)).index_add_(0, idx, pooled_seqs * w)
-            out /= torch.zeros(len(prefixed)).index_add_(0, idx, w[:, 0]).unsqueeze(1)
-        out = out[:, :dim]
+        out = self.pool_windows(pooled_seqs, owner, weight, len(prefixed))[:, :dim]
         if normalize:
             out = torch.nn.functional.normalize(out, p=2, dim=-1)
         return quantize(out.numpy(), precision)

@@ -50,7 +50,7 @@ class ServerSettings:
     max_queue_tokens: int = 262144  # tokens waiting, all requests together
     max_inputs: int = 2048  # per request
     max_request_tokens: int = 65536  # per request (texts after truncation, prefixes and specials included)
-    max_length: int | None = None  # tokens per text; default: the model's context, at most 8192
+    max_length: int | None = None  # tokens per text; default: 8192, or a rotary model's shorter context
     max_doc_tokens: int = 65536  # late chunking: tokens per document (longer ones use macro windows)
     late_window: int | None = None
     late_overlap: int | None = None
@@ -246,8 +246,8 @@ async def wait_for_job(job: Job, request: Request, batcher: Batcher) -> torch.Te
 def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving `emb`. The batcher starts and stops with the app's lifespan."""
     s = settings or ServerSettings()
-    max_length = s.max_length or min(8192, emb.config.max_position_embeddings)
-    if max_length > emb.config.max_position_embeddings:
+    max_length = s.max_length or emb.max_input_length
+    if emb.config.position_embedding_type == "rotary" and max_length > emb.config.max_position_embeddings:
         raise ValueError(f"max_length={max_length} exceeds the model's context {emb.config.max_position_embeddings}")
     if s.max_inputs > s.max_queue:
         raise ValueError(f"max_inputs={s.max_inputs} must not exceed max_queue={s.max_queue}")
@@ -256,8 +256,8 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
                          f"max_queue_tokens ({s.max_queue_tokens})")
     if s.max_doc_tokens > s.max_queue_tokens:
         raise ValueError(f"max_doc_tokens={s.max_doc_tokens} must not exceed max_queue_tokens={s.max_queue_tokens}")
-    if s.late_window is not None and not 4 <= s.late_window <= emb.config.max_position_embeddings:
-        raise ValueError(f"late_window={s.late_window} must be in 4..{emb.config.max_position_embeddings}")
+    if s.late_window is not None and not 4 <= s.late_window <= emb.config.max_tokens:
+        raise ValueError(f"late_window={s.late_window} must be in 4..{emb.config.max_tokens}")
     if s.late_overlap is not None and not 0 <= s.late_overlap < (s.late_window or max_length) // 2:
         raise ValueError(f"late_overlap={s.late_overlap} must be >= 0 and under half the window")
     if s.default_task is not None and s.default_task not in emb.tasks:
@@ -378,7 +378,9 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
                 if n_tokens > s.max_request_tokens:
                     raise ApiError(413, f"the request has {n_tokens} tokens, more than the {s.max_request_tokens} "
                                         "allowed per request; split it", "input", "request_too_large")
-                job = Job(ids=ids, task_ids=task_ids)
+                # Texts longer than a learned position table run as windows, pooled back below.
+                windows = emb.split_windows(ids, task_ids)
+                job = Job(ids=windows[0], task_ids=[task_ids[i] for i in windows[1]])
             submit(batcher, job)
         finally:
             batcher.arriving -= 1
@@ -386,6 +388,8 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
         vectors = await wait_for_job(job, request, batcher)
         if vectors is None:  # the client is gone; nobody reads this
             return Response(status_code=499)
+        if not late:
+            vectors = emb.pool_windows(vectors, windows[1], windows[2], len(ids))
         out = vectors[:, :dim]
         if req.normalized:
             out = torch.nn.functional.normalize(out, p=2, dim=-1)

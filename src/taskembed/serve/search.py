@@ -77,13 +77,15 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
                 if n_tokens > s.max_request_tokens:
                     raise ApiError(413, f"the request has {n_tokens} tokens, more than the {s.max_request_tokens} "
                                         "allowed per request; split it", "query", "request_too_large")
-                job = Job(ids=ids, task_ids=task_ids)
+                windows = emb.split_windows(ids, task_ids)
+                job = Job(ids=windows[0], task_ids=[task_ids[i] for i in windows[1]])
                 submit(batcher, job)
             finally:
                 batcher.arriving -= 1
             vectors = await wait_for_job(job, request, batcher)
             if vectors is None:
                 return Response(status_code=499)
+            vectors = emb.pool_windows(vectors, windows[1], windows[2], len(ids))
             q = torch.nn.functional.normalize(vectors[:, : index.dimensions], p=2, dim=-1).numpy()
         results = await run_in_threadpool(index.search, q, req.k, req.rescore)
         data: list[dict[str, Any]] = [
