@@ -288,7 +288,8 @@ def embed_rows(emb: Any, job: Job, rows: list[dict[str, Any]], on_progress: Call
         spans = split_spans(text, job.chunk_size) if text.strip() else []
         if spans:
             v = late_chunking.late_chunk(emb, [text[a:b] for a, b in spans], task=job.task,
-                                         dimensions=job.dimensions, separator="", window=job.max_length)
+                                         dimensions=job.dimensions, separator="",
+                                         window=min(job.max_length, emb.config.max_tokens))
         else:  # an empty document: one chunk, embedded as usual so the row is not lost
             spans = [(0, len(text))]
             v = emb.encode([text], task=job.task, dimensions=job.dimensions, max_length=job.max_length)
