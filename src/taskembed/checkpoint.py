@@ -28,6 +28,18 @@ _PARAM = ".parametrizations.weight."
 MAX_SHARD_BYTES = 2 * 1024**3
 
 
+# Without load_trained_adapters the official from_pretrained builds fresh adapters instead of reading the
+# saved ones (and returns NaN with only warnings): every folder we write holds trained adapters.
+OFFICIAL_LOADER_KEYS = {"load_trained_adapters": True}
+# What the official repository's config.json names, so AutoModel(..., trust_remote_code=True) finds the
+# official code for a folder we wrote. taskembed itself never runs remote code.
+_REMOTE = "jinaai/xlm-roberta-flash-implementation--"
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": _REMOTE + "configuration_xlm_roberta.XLMRobertaFlashConfig",
+    "AutoModel": _REMOTE + "modeling_lora.XLMRobertaLoRA",
+}
+
+
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded, with the reason."""
 
@@ -184,7 +196,7 @@ def load(
     model.to(device)
 
     try:
-        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+        tokenizer = Tokenizer.from_dir(path)
         emb = Embedder(model, tokenizer, path)
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
@@ -197,7 +209,9 @@ def save(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> None:
-    """Write config.json, model.safetensors (official names, `roberta.` prefix) and tokenizer.json."""
+    """Write the official layout: config.json, model.safetensors (official names, `roberta.` prefix),
+    tokenizer.json, tokenizer_config.json and special_tokens_map.json. The official
+    `XLMRobertaLoRA.from_pretrained` loads the folder as it is."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = embedder.model
@@ -207,14 +221,20 @@ def save(
         for k, v in model.state_dict().items()
     }
     cfg = embedder.config
-    cfg.extra["torch_dtype"] = str(dtype or embedder.dtype).removeprefix("torch.")
-    cfg.save(path / "config.json")
+    saved_dtype = str(dtype or embedder.dtype).removeprefix("torch.")
+    cfg.extra["torch_dtype"] = saved_dtype
+    if "dtype" in cfg.extra:  # newer transformers write `dtype` instead; keep the two in agreement
+        cfg.extra["dtype"] = saved_dtype
+    data = cfg.to_dict()
+    data.update(OFFICIAL_LOADER_KEYS)
+    data.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
+    (path / "config.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     total = sum(t.numel() * t.element_size() for t in state.values())
     if total <= max_shard_bytes:
         save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     else:
         _save_sharded(state, path, max_shard_bytes)
-    embedder.tokenizer.save(path / "tokenizer.json")
+    embedder.tokenizer.save_pretrained(path, model_max_length=cfg.max_position_embeddings)
 
 
 def _save_sharded(state: dict[str, torch.Tensor], path: Path, max_shard_bytes: int) -> None:

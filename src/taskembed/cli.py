@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="jsonl", choices=["jsonl", "npy"])
     e.add_argument("--output", help="output file (default stdout)")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-length", type=int, default=8192)
+    e.add_argument("--max-length", type=int,
+                   help="tokens per text (default: the tokenizer config's model_max_length, else 8192)")
     e.add_argument("--progress", action="store_true")
     e.add_argument("--int8", action="store_true", help="int8 Linear layers on CPU (faster, cosine ~0.998 to fp32)")
     e.set_defaults(func=cmd_encode)

@@ -149,12 +149,19 @@ class Embedder:
 
         record_input_absmax(self.model, run)
 
+    @property
+    def default_max_length(self) -> int:
+        """Truncation length when encode() is given none: the tokenizer config's model_max_length (8194
+        in the official files, as the official encode uses), else 8192; never past max_position_embeddings."""
+        limit = self.tokenizer.model_max_length or DEFAULT_MAX_LENGTH
+        return min(limit, self.config.max_position_embeddings)
+
     def count_tokens(self, texts: Sequence[str], task: str | Sequence[str | None] | None = None) -> list[int]:
         texts, _ = self.prepare(texts, task)
         return self.tokenizer.count_tokens(texts)
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
-        """Write the official layout (config.json, model.safetensors, tokenizer.json) to `path`."""
+        """Write the official layout (config.json, model.safetensors, tokenizer files) to `path`."""
         from .checkpoint import MAX_SHARD_BYTES, save
 
         if self.quantized:
@@ -303,7 +310,7 @@ class Embedder:
         task: str | Sequence[str | None] | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         normalize: bool = True,
         precision: str = "float32",
         show_progress: bool = False,
@@ -312,12 +319,15 @@ class Embedder:
         """Embed `texts` (in input order) -> array (n, dimensions).
 
         task: one task name for all texts, one per text (mixed tasks share forward passes), or None for
-        the base weights (warns once). The task's instruction prefix is prepended. dimensions: one of
+        the base weights (warns once). The task's instruction prefix is prepended. max_length: tokens per
+        text, specials included (default: `default_max_length`). dimensions: one of
         `self.dimensions` (Matryoshka cut, then L2 normalisation). precision: float32, float16, int8,
         uint8, binary or ubinary (packed bits: dimensions / 8 bytes per vector).
         """
         prefixed, task_ids = self.prepare(texts, task)
         dim = self._check_dimensions(dimensions)
+        if max_length is None:
+            max_length = self.default_max_length
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
         if precision in ("int8", "uint8") and not normalize:

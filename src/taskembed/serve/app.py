@@ -45,7 +45,7 @@ class ServerSettings:
     max_wait_ms: float = 2.0
     max_queue: int = 4096  # inputs waiting, all requests together
     max_inputs: int = 2048  # per request
-    max_length: int | None = None  # tokens per text; default: the model's context, at most 8192
+    max_length: int | None = None  # tokens per text; default: Embedder.default_max_length
     max_doc_tokens: int = 65536  # late chunking: tokens per document (longer ones use macro windows)
     late_window: int | None = None
     late_overlap: int | None = None
@@ -190,7 +190,7 @@ def submit(batcher, job, retry_after_s: int) -> None:
 def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving `emb`. The batcher starts and stops with the app's lifespan."""
     s = settings or ServerSettings()
-    max_length = s.max_length or min(8192, emb.config.max_position_embeddings)
+    max_length = s.max_length or emb.default_max_length
     if max_length > emb.config.max_position_embeddings:
         raise ValueError(f"max_length={max_length} exceeds the model's context {emb.config.max_position_embeddings}")
     if s.max_inputs > s.max_queue:

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a step waits for more requests while some are arriving")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="inputs waiting before 503")
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
-    p.add_argument("--max-length", type=int, help="tokens per text (default: the model's context, at most 8192)")
+    p.add_argument("--max-length", type=int,
+                   help="tokens per text (default: the tokenizer config's model_max_length, else 8192)")
     p.add_argument("--max-doc-tokens", type=int, default=d.max_doc_tokens, help="late chunking: tokens per document")
     p.add_argument("--late-window", type=int, help="late chunking: tokens per macro window (default: context)")
     p.add_argument("--late-overlap", type=int, help="late chunking: tokens shared by windows (default window/8)")

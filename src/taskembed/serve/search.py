@@ -45,7 +45,7 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
         raise ValueError(f"the index's query task {index.info.get('query_task')!r} is not one of this model's tasks")
     if index.dimensions not in emb.dimensions:
         raise ValueError(f"the index has {index.dimensions} dimensions; this model makes {emb.dimensions}")
-    max_length = s.max_length or min(8192, emb.config.max_position_embeddings)
+    max_length = s.max_length or emb.default_max_length
 
     async def auth(request: Request) -> None:  # the same check as the app's other protected routes
         if not keys:
