@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import hub
 from .config import ConfigError, EncoderConfig
 from .embedder import Embedder
 from .encoder import Encoder
@@ -139,20 +140,42 @@ def default_model_dir() -> Path:
     return path
 
 
+def resolve_model(name_or_path: str | Path | None, revision: str | None = None) -> Path:
+    """A model folder for a name: None -> the bundled model; an existing folder -> itself; `org/name` ->
+    its snapshot in the Hugging Face cache (downloaded when allowed, see hub.py)."""
+    if name_or_path is None:
+        if revision is not None:
+            raise CheckpointError("revision= needs a hub id (e.g. jinaai/jina-embeddings-v3)")
+        return default_model_dir()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise CheckpointError(f"revision={revision!r} applies to hub ids; {path} is a local folder")
+        return path
+    if isinstance(name_or_path, str) and hub.is_hub_id(name_or_path):
+        try:
+            return hub.resolve(name_or_path, revision)
+        except hub.HubError as e:
+            raise CheckpointError(f"no local folder {name_or_path!r}, and as a Hugging Face hub id: {e}") from None
+    raise CheckpointError(f"model directory not found: {path}")
+
+
 def load(
     path: str | Path | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     int8: bool = False,
+    revision: str | None = None,
 ) -> Embedder:
-    """Load a checkpoint directory in the official layout into an Embedder; no path: the bundled default.
+    """Load a model in the official layout into an Embedder.
 
+    path: a local folder, a Hugging Face hub id such as "jinaai/jina-embeddings-v3" (from the user's
+    Hugging Face cache; downloaded there unless HF_HUB_OFFLINE=1; needs the `hub` extra), or None for the
+    bundled default. revision: branch, tag or commit of a hub id (default: main).
     dtype: compute dtype (default float32 on CPU, bfloat16 on CUDA), whatever the file's dtype.
     int8: dynamic int8 Linear layers on CPU (see Embedder.to_int8).
     """
-    path = default_model_dir() if path is None else Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"model directory not found: {path}")
+    path = resolve_model(path, revision)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"missing config.json in {path}")
     try:
