@@ -30,10 +30,11 @@ TASK_INSTRUCTIONS: dict[str, str] = {
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
-# Keys the official code reads that only pick kernels or training behaviour; the numbers do not depend on
-# them, so they are kept (in `extra`) and written back, never acted on.
+# Keys the official code reads that only pick kernels, training behaviour or heads other than the embedding
+# one; embeddings do not depend on them, so they are kept (in `extra`) and written back, never acted on.
 KERNEL_ONLY_KEYS = ("use_flash_attn", "fused_bias_fc", "fused_mlp", "fused_dropout_add_ln", "mlp_checkpoint_lvl",
-                    "use_reentrant", "lora_main_params_trainable", "last_layer_subset", "use_cache", "output_past")
+                    "use_reentrant", "lora_main_params_trainable", "last_layer_subset", "use_cache", "output_past",
+                    "classifier_dropout")
 
 
 class ConfigError(ValueError):
