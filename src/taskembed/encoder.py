@@ -140,7 +140,7 @@ class Rotary(nn.Module):
             cos, sin = self.packed_tables(packed, x.device, x.dtype)
             shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
             cos, sin = cos.view(shape), sin.view(shape)
-        if self.interleaved or self.rotary_dim != x.shape[-1]:
+        if self.interleaved or self.rotary_dim != self.head_dim:
             return self._rotate_general(x, cos, sin)
         h = x.shape[-1] // 2
         x1, x2 = x[..., :h], x[..., h:]
