@@ -6,11 +6,16 @@ float64 math, then softmax attention by hand. Config values we cannot honour mus
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import taskembed
 from taskembed import ConfigError, EncoderConfig
 from taskembed.encoder import Encoder, Packed, Rotary
 from taskembed.tiny import tiny_config
@@ -219,3 +224,32 @@ def test_every_official_config_key_is_modelled_or_known_not_to_matter():
 def test_other_official_values_we_cannot_run_are_refused(key, value, match):
     with pytest.raises(ConfigError, match=match):
         EncoderConfig.from_dict({**tiny_config(50).to_dict(), key: value})
+
+
+OFFICIAL_ROTARY = Path(__file__).parent / "fixtures" / "official_rotary"
+OFFICIAL_NEOX = Path(__file__).parent / "fixtures" / "official_tiny"
+
+
+def test_matches_the_official_code_on_partial_interleaved_rotary():
+    """tests/fixtures/official_rotary: the official code's outputs for rotary_emb_dim 8 of 16, interleaved
+    (same weights as official_tiny, which rotates whole heads in NeoX halves)."""
+    meta = json.loads((OFFICIAL_ROTARY / "expected.json").read_text(encoding="utf-8"))
+    assert meta["rotary"] == {"rotary_emb_interleaved": True, "rotary_emb_dim": 8}
+    emb = taskembed.load(OFFICIAL_ROTARY)
+    assert emb.config.rotary_dim == 8 and emb.config.rotary_emb_interleaved
+    with np.load(OFFICIAL_ROTARY / "expected.npz") as want, np.load(OFFICIAL_NEOX / "expected.npz") as neox:
+        worst = 0.0
+        for task in [None, *meta["tasks"]]:
+            for dim in meta["truncate_dims"]:
+                key = f"{task or 'none'}|{dim or 'none'}"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    got = emb.encode(meta["texts"], task=task, dimensions=dim)
+                worst = max(worst, float(np.abs(got - want[key]).max()))
+                assert np.abs(want[key] - neox[key]).max() > 1e-2, key  # the rotary variant shows
+        assert worst <= 1e-5, worst
+        ids, mask = (torch.from_numpy(want[f"forward/{k}"]).long() for k in ("input_ids", "attention_mask"))
+        with torch.inference_mode():
+            hidden = emb.model(ids, mask, torch.from_numpy(want["forward/task_ids"]).long()).numpy()
+        real = want["forward/attention_mask"].astype(bool)
+        assert np.abs(hidden - want["forward/last_hidden_state"])[real].max() <= 1e-5
