@@ -29,8 +29,8 @@ _PARAM = ".parametrizations.weight."
 MAX_SHARD_BYTES = 2 * 1024**3
 
 
-# Without load_trained_adapters the official from_pretrained builds fresh adapters instead of reading the
-# saved ones (and returns NaN with only warnings): every folder we write holds trained adapters.
+# Without load_trained_adapters the official from_pretrained takes its fresh-adapters branch and does not
+# read the saved weights (wrong numbers, with only warnings): every folder we write holds trained adapters.
 OFFICIAL_LOADER_KEYS = {"load_trained_adapters": True}
 # What the official repository's config.json names, so AutoModel(..., trust_remote_code=True) finds the
 # official code for a folder we wrote. taskembed itself never runs remote code.

@@ -63,20 +63,13 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
-        path = Path(path)
-        if not path.is_file():
-            raise TokenizerError(f"tokenizer file not found: {path}")
-        try:
-            backend = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the Rust side raises a bare Exception on bad JSON
-            raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
-        return cls(backend, str(path))
+        return cls(_read_backend(Path(path)), str(path))
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """tokenizer.json, with the added-token flags of tokenizer_config.json applied when it is there."""
         path = Path(path)
-        tok = cls.from_file(path / TOKENIZER_FILE)
+        backend = _read_backend(path / TOKENIZER_FILE)
         config: dict[str, Any] = {}
         cfg_file = path / TOKENIZER_CONFIG_FILE
         if cfg_file.is_file():
@@ -86,7 +79,7 @@ class Tokenizer:
                 raise TokenizerError(f"{cfg_file} is not valid JSON: {e}") from None
             if not isinstance(config, dict):
                 raise TokenizerError(f"{cfg_file} must hold a JSON object")
-        return cls(tok.backend, tok.source, config)
+        return cls(backend, str(path / TOKENIZER_FILE), config)
 
     def save(self, path: str | Path) -> None:
         self.backend.save(str(path))
@@ -96,7 +89,7 @@ class Tokenizer:
         the official repository ships them. model_max_length is used when no tokenizer config was read."""
         path = Path(path)
         self.save(path / TOKENIZER_FILE)
-        added = self._added_specials()
+        added = self._added_tokens()
         config = dict(self.config) or {
             "clean_up_tokenization_spaces": True,
             "model_max_length": model_max_length,
@@ -105,7 +98,7 @@ class Tokenizer:
         # The flags must agree with tokenizer.json: both files are read by the Hugging Face loader.
         config["added_tokens_decoder"] = {str(e["id"]): {"content": e["content"], **{f: e[f] for f in _FLAGS}}
                                           for e in added.values()}
-        roles = {role: token for role, token in _ROLES.items() if token in added}
+        roles = {role: token for role, token in _ROLES.items() if added.get(token, {}).get("special")}
         for role, token in roles.items():
             config.setdefault(role, token)
         config = dict(sorted(config.items()))
@@ -114,9 +107,9 @@ class Tokenizer:
         for name, data in ((TOKENIZER_CONFIG_FILE, config), (SPECIAL_TOKENS_MAP_FILE, special_map)):
             (path / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    def _added_specials(self) -> dict[str, dict[str, Any]]:
+    def _added_tokens(self) -> dict[str, dict[str, Any]]:
         data = json.loads(self.backend.to_str())
-        return {e["content"]: e for e in data.get("added_tokens", []) if e.get("special")}
+        return {e["content"]: e for e in data.get("added_tokens", [])}
 
     @property
     def model_max_length(self) -> int | None:
@@ -163,6 +156,15 @@ class Tokenizer:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=True)]
+
+
+def _read_backend(path: Path) -> HFTokenizer:
+    if not path.is_file():
+        raise TokenizerError(f"tokenizer file not found: {path}")
+    try:
+        return HFTokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a bare Exception on bad JSON
+        raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
 
 
 def _apply_added_token_flags(backend: HFTokenizer, config: dict[str, Any], source: str) -> HFTokenizer:
