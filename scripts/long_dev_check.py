@@ -7,8 +7,9 @@ the first 512 tokens of the page and occur in no other page (the text that trunc
 relevant document is the page. Score: nDCG@10 (the eval harness's metric).
 
 One encoding pass per overlap gives every pooling at once: "cut" (the first window only: truncation at the
-table), "mean" (mean of the windows' mean-pooled vectors), "tokens" (windows weighted by their token count),
-"unit" (mean of the windows' normalised vectors).
+table), "mean" (mean of the windows' mean-pooled vectors; the Embedder's "tokens" pooling is the same here,
+since every window of a long text is full), "unit" (mean of the windows' normalised vectors), "cut+mean"
+(the normalised sum of the two: the opening counts as much as the whole). --cache keeps the window vectors.
 
     apt-get download gimp-help-en gimp-help-de ...; dpkg -x each .deb into ROOT
     python scripts/long_dev_check.py ROOT --langs en de ja --overlaps 0 128 [--model DIR]
@@ -95,6 +96,8 @@ def window_vectors(emb, texts: list[str], task: str):
 
 
 def pool(vecs: torch.Tensor, owner: np.ndarray, lens: np.ndarray, n: int, how: str) -> np.ndarray:
+    if how == "cut+mean":
+        return _unit(pool(vecs, owner, lens, n, "cut") + pool(vecs, owner, lens, n, "mean"))
     v = vecs.numpy()
     if how == "unit":
         v = v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -105,7 +108,14 @@ def pool(vecs: torch.Tensor, owner: np.ndarray, lens: np.ndarray, n: int, how: s
     else:
         w = lens if how == "tokens" else np.ones_like(lens)
         np.add.at(out, owner, v * w[:, None])
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+    return _unit(out)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+POOLINGS = ("cut", "mean", "unit", "cut+mean")
 
 
 def score(q: np.ndarray, d: np.ndarray, gold: list[int]) -> float:
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-tokens", type=int, default=700)
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--max-docs", type=int, default=150)
+    p.add_argument("--cache", type=Path, help="folder for the window vectors (reused when present)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     emb = taskembed.load(args.model)
     rows = []
@@ -138,8 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         for overlap in args.overlaps:
             emb.window_overlap = overlap
             t0 = time.time()
-            vecs, owner, lens = window_vectors(emb, [d["text"] for d in docs], "retrieval.passage")
-            for how in ("cut", "mean", "tokens", "unit"):
+            cached = args.cache / f"{lang}-{overlap}-{len(docs)}.pt" if args.cache else None
+            if cached and cached.is_file():
+                vecs, owner, lens = torch.load(cached, weights_only=False)
+            else:
+                vecs, owner, lens = window_vectors(emb, [d["text"] for d in docs], "retrieval.passage")
+                if cached:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save((vecs, owner, lens), cached)
+            for how in POOLINGS:
                 if how == "cut" and overlap != args.overlaps[0]:
                     continue
                 dv = pool(vecs, owner, lens, len(docs), how)

@@ -9,6 +9,8 @@ saves it with the official ``save_pretrained`` and records the official ``encode
 Run it in an environment that has torch, transformers (4.x), einops, numpy, safetensors and tokenizers::
 
     python scripts/make_official_fixture.py --official-code /tmp/official --out tests/fixtures/official_tiny
+    python scripts/make_official_fixture.py --official-code /tmp/official --out tests/fixtures/official_rotary \
+        --rotary-dim 8 --interleaved
 """
 
 from __future__ import annotations
@@ -332,7 +334,13 @@ def main() -> None:
     parser.add_argument("--package", default="jina_official", help="package name of the official code")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--rotary-dim", type=int, help="rotary_emb_dim (partial rotary; default: the head dim)")
+    parser.add_argument("--interleaved", action="store_true", help="rotary_emb_interleaved (GPT-J pairs)")
     args = parser.parse_args()
+    # Read by the official code through getattr: only written when asked for.
+    rotary = {"rotary_emb_interleaved": True} if args.interleaved else {}
+    if args.rotary_dim is not None:
+        rotary["rotary_emb_dim"] = args.rotary_dim
 
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -384,6 +392,7 @@ def main() -> None:
         matryoshka_dimensions=list(MATRYOSHKA_DIMS),
         truncate_dim=None,
         architectures=["XLMRobertaLoRA"],
+        **rotary,
     )
     # the official XLMRobertaModel.__init__ calls AutoTokenizer.from_pretrained(config._name_or_path)
     config._name_or_path = str(out)
@@ -452,6 +461,7 @@ def main() -> None:
             ),
         },
         "seed": args.seed,
+        "rotary": rotary,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import hub
 from .config import ConfigError, EncoderConfig
 from .embedder import Embedder
 from .encoder import Encoder
@@ -26,6 +27,18 @@ _PARAM = ".parametrizations.weight."
 # Like Hugging Face, big models are split into shards; callers that ship weights in a repository pass a
 # smaller limit (no file over 100 MB there).
 MAX_SHARD_BYTES = 2 * 1024**3
+
+
+# Without load_trained_adapters the official from_pretrained takes its fresh-adapters branch and does not
+# read the saved weights (wrong numbers, with only warnings): every folder we write holds trained adapters.
+OFFICIAL_LOADER_KEYS = {"load_trained_adapters": True}
+# What the official repository's config.json names, so AutoModel(..., trust_remote_code=True) finds the
+# official code for a folder we wrote. taskembed itself never runs remote code.
+_REMOTE = "jinaai/xlm-roberta-flash-implementation--"
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": _REMOTE + "configuration_xlm_roberta.XLMRobertaFlashConfig",
+    "AutoModel": _REMOTE + "modeling_lora.XLMRobertaLoRA",
+}
 
 
 class CheckpointError(ValueError):
@@ -139,21 +152,42 @@ def _assembled(path: Path) -> Path:
         raise CheckpointError(str(e)) from None
 
 
+def resolve_model(name_or_path: str | Path | None, revision: str | None = None) -> Path:
+    """A model folder for a name: None -> the bundled model; an existing folder -> itself; `org/name` ->
+    its snapshot in the Hugging Face cache (downloaded when allowed, see hub.py)."""
+    if name_or_path is None:
+        if revision is not None:
+            raise CheckpointError("revision= needs a hub id (e.g. jinaai/jina-embeddings-v3)")
+        return default_model_dir()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise CheckpointError(f"revision={revision!r} applies to hub ids; {path} is a local folder")
+        return path
+    if isinstance(name_or_path, str) and hub.is_hub_id(name_or_path):
+        try:
+            return hub.resolve(name_or_path, revision)
+        except hub.HubError as e:
+            raise CheckpointError(f"no local folder {name_or_path!r}, and as a Hugging Face hub id: {e}") from None
+    raise CheckpointError(f"model directory not found: {path}")
+
+
 def load(
     path: str | Path | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     int8: bool = False,
+    revision: str | None = None,
 ) -> Embedder:
-    """Load a checkpoint directory in the official layout into an Embedder; no path: the bundled default.
+    """Load a model in the official layout into an Embedder.
 
+    path: a local folder, a Hugging Face hub id such as "jinaai/jina-embeddings-v3" (from the user's
+    Hugging Face cache; downloaded there unless HF_HUB_OFFLINE=1; needs the `hub` extra), or None for the
+    bundled default. revision: branch, tag or commit of a hub id (default: main).
     dtype: compute dtype (default float32 on CPU, bfloat16 on CUDA), whatever the file's dtype.
     int8: dynamic int8 Linear layers on CPU (see Embedder.to_int8).
     """
-    path = default_model_dir() if path is None else Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"model directory not found: {path}")
-    path = _assembled(path)
+    path = _assembled(resolve_model(path, revision))
     if not (path / "config.json").is_file():
         raise CheckpointError(f"missing config.json in {path}")
     try:
@@ -197,7 +231,7 @@ def load(
     model.to(device)
 
     try:
-        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+        tokenizer = Tokenizer.from_dir(path)
         emb = Embedder(model, tokenizer, path)
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
@@ -210,7 +244,9 @@ def save(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> None:
-    """Write config.json, model.safetensors (official names, `roberta.` prefix) and tokenizer.json."""
+    """Write the official layout: config.json, model.safetensors (official names, `roberta.` prefix),
+    tokenizer.json, tokenizer_config.json and special_tokens_map.json. The official
+    `XLMRobertaLoRA.from_pretrained` loads the folder as it is."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = embedder.model
@@ -220,14 +256,20 @@ def save(
         for k, v in model.state_dict().items()
     }
     cfg = embedder.config
-    cfg.extra["torch_dtype"] = str(dtype or embedder.dtype).removeprefix("torch.")
-    cfg.save(path / "config.json")
+    saved_dtype = str(dtype or embedder.dtype).removeprefix("torch.")
+    cfg.extra["torch_dtype"] = saved_dtype
+    if "dtype" in cfg.extra:  # newer transformers write `dtype` instead; keep the two in agreement
+        cfg.extra["dtype"] = saved_dtype
+    data = cfg.to_dict()
+    data.update(OFFICIAL_LOADER_KEYS)
+    data.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))
+    (path / "config.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     total = sum(t.numel() * t.element_size() for t in state.values())
     if total <= max_shard_bytes:
         save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     else:
         _save_sharded(state, path, max_shard_bytes)
-    embedder.tokenizer.save(path / "tokenizer.json")
+    embedder.tokenizer.save_pretrained(path, model_max_length=cfg.max_tokens)
 
 
 def _save_sharded(state: dict[str, torch.Tensor], path: Path, max_shard_bytes: int) -> None:

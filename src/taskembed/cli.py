@@ -10,14 +10,14 @@ import warnings
 import numpy as np
 
 
-def _load(model: str | None, int8: bool = False):
+def _load(model: str | None, int8: bool = False, revision: str | None = None):
     from . import load
 
-    return load(model, int8=int8)  # None: the bundled default model
+    return load(model, int8=int8, revision=revision)  # None: the bundled default model
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    emb = _load(args.model, int8=args.int8)
+    emb = _load(args.model, int8=args.int8, revision=args.revision)
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise SystemExit("error: no input: give TEXT arguments or lines on stdin")
@@ -46,7 +46,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    emb = _load(args.model)
+    emb = _load(args.model, revision=args.revision)
     cfg = emb.config
     counts = emb.model.num_parameters()
     print(f"model: {emb.path}")
@@ -67,13 +67,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = ("model folder (official jina-embeddings-v3 layout) or Hugging Face hub id, e.g. "
+              "jinaai/jina-embeddings-v3 (default: the bundled model)")
+REVISION_HELP = "branch, tag or commit of a hub id (default: main)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskembed", description="Multilingual task-adapter text embeddings")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("encode", help="embed texts (arguments or stdin lines)")
     e.add_argument("text", nargs="*", help="texts to embed; read one per line from stdin when absent")
-    e.add_argument("--model", help="model directory (official jina-embeddings-v3 layout)")
+    e.add_argument("--model", help=MODEL_HELP)
+    e.add_argument("--revision", help=REVISION_HELP)
     e.add_argument("--task", help="task adapter, e.g. retrieval.query")
     e.add_argument("--dimensions", type=int, help="Matryoshka output size")
     e.add_argument("--precision", default="float32",
@@ -81,13 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="jsonl", choices=["jsonl", "npy"])
     e.add_argument("--output", help="output file (default stdout)")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-length", type=int, default=8192)
+    e.add_argument("--max-length", type=int,
+                   help="tokens per text (default: the tokenizer config's model_max_length, else 8192)")
     e.add_argument("--progress", action="store_true")
     e.add_argument("--int8", action="store_true", help="int8 Linear layers on CPU (faster, cosine ~0.998 to fp32)")
     e.set_defaults(func=cmd_encode)
 
     i = sub.add_parser("info", help="print a model's config, tasks, dims and parameter counts")
-    i.add_argument("model", nargs="?", help="model directory (default: the bundled model)")
+    i.add_argument("model", nargs="?", help=MODEL_HELP)
+    i.add_argument("--revision", help=REVISION_HELP)
     i.add_argument("--json", action="store_true", help="also print the whole config")
     i.set_defaults(func=cmd_info)
     for name, (_, _, help_text) in DELEGATED.items():

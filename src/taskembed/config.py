@@ -33,6 +33,12 @@ SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # from pad_token_id + 1 as the official code's create_position_ids_from_input_ids does.
 POSITION_TYPES = ("rotary", "absolute")
 
+# Keys the official code reads that only pick kernels, training behaviour or heads other than the embedding
+# one; embeddings do not depend on them, so they are kept (in `extra`) and written back, never acted on.
+KERNEL_ONLY_KEYS = ("use_flash_attn", "fused_bias_fc", "fused_mlp", "fused_dropout_add_ln", "mlp_checkpoint_lvl",
+                    "use_reentrant", "lora_main_params_trainable", "last_layer_subset", "use_cache", "output_past",
+                    "classifier_dropout")
+
 
 class ConfigError(ValueError):
     """A config.json that this implementation cannot run."""
@@ -57,6 +63,10 @@ class EncoderConfig:
     position_embedding_type: str = "rotary"
     # 10000 while training, 20000 at inference: the paper's long-context trick (spec §2.1).
     rotary_emb_base: float = 20000.0
+    # Rotate only the first rotary_emb_dim dims of each head (None: all of them), and in GPT-J interleaved
+    # pairs (0,1), (2,3), ... rather than NeoX halves. The official code reads both through getattr.
+    rotary_emb_dim: int | None = None
+    rotary_emb_interleaved: bool = False
     max_position_embeddings: int = 8194
     model_type: str = "xlm-roberta"
     lora_adaptations: list[str] = field(default_factory=lambda: list(TASKS))
@@ -102,6 +112,7 @@ class EncoderConfig:
             )
         if self.position_embedding_type == "rotary" and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head dim, got {self.head_dim}")
+        self._validate_rotary()
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(
                 f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
@@ -119,6 +130,30 @@ class EncoderConfig:
         if self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
+    def _validate_rotary(self) -> None:
+        dim = self.rotary_emb_dim
+        if dim is not None:
+            # The official default is hidden_size / num_heads, a float; integral floats are fine.
+            if isinstance(dim, bool) or not isinstance(dim, int | float) or dim != int(dim):
+                raise ConfigError(f"rotary_emb_dim must be a whole number, got {dim!r}")
+            dim = self.rotary_emb_dim = int(dim)
+            if not 0 <= dim <= self.head_dim or dim % 2:
+                raise ConfigError(
+                    f"rotary_emb_dim={dim} is not supported: it must be even and within 0..head_dim={self.head_dim}"
+                )
+        if not isinstance(self.rotary_emb_interleaved, bool):
+            raise ConfigError(f"rotary_emb_interleaved must be true or false, got {self.rotary_emb_interleaved!r}")
+        if self.extra.get("rotary_emb_scale_base") is not None:
+            raise ConfigError(
+                f"rotary_emb_scale_base={self.extra['rotary_emb_scale_base']!r} (xPos rotary scaling) is not "
+                "supported; taskembed runs plain rotary positions only"
+            )
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dims of each head rotate."""
+        return self.head_dim if self.rotary_emb_dim is None else self.rotary_emb_dim
+
     # --- (de)serialisation -------------------------------------------------------------------------
 
     @classmethod
@@ -133,6 +168,12 @@ class EncoderConfig:
         for key in ("task_instructions", "lora_adaptations", "matryoshka_dimensions"):
             if known.get(key) is None:
                 known.pop(key, None)
+        # The official model rounds its vocabulary up to this multiple (and saves the rounded size).
+        multiple = extra.get("pad_vocab_size_multiple", 1)
+        if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+            raise ConfigError(f"pad_vocab_size_multiple must be a positive int, got {multiple!r}")
+        if "vocab_size" in known and known["vocab_size"] % multiple:
+            known["vocab_size"] += multiple - known["vocab_size"] % multiple
         if "task_instructions" not in known and "lora_adaptations" in known:
             known["task_instructions"] = {
                 t: TASK_INSTRUCTIONS.get(t, "") for t in known["lora_adaptations"]
@@ -145,6 +186,11 @@ class EncoderConfig:
             if f.name != "extra":
                 out[f.name] = getattr(self, f.name)
         out.setdefault("architectures", ["XLMRobertaModel"])
+        if self.rotary_emb_dim is None:
+            # The official code reads it with getattr and a head-dim default: a null would break it.
+            del out["rotary_emb_dim"]
+        if not self.rotary_emb_interleaved:
+            del out["rotary_emb_interleaved"]
         return out
 
     @classmethod

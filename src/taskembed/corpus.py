@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "a folder of .txt files) into Parquet shards; rerun the same command to resume")
     p.add_argument("input", help="a .jsonl file, a .parquet file or a folder of .txt files")
     p.add_argument("--output", "-o", required=True, help="output folder (shards + manifest.json)")
-    p.add_argument("--model", help="model directory (official jina-embeddings-v3 layout)")
+    p.add_argument("--model", help="model folder (official jina-embeddings-v3 layout) or Hugging Face hub id")
     p.add_argument("--task", default="retrieval.passage", help="task adapter ('none' for the base weights)")
     p.add_argument("--dimensions", type=int, help="Matryoshka output size")
     p.add_argument("--precision", default="float32",

@@ -175,12 +175,22 @@ class Embedder:
 
         record_input_absmax(self.model, run)
 
+    @property
+    def default_max_length(self) -> int:
+        """Truncation length when encode() is given none. Rotary: the tokenizer config's model_max_length
+        (8194 in the official files, as the official encode uses), else 8192; never past
+        max_position_embeddings. A learned position table: 8192 tokens, read in windows of the table."""
+        if self.config.position_embedding_type == "absolute":
+            return DEFAULT_MAX_LENGTH
+        limit = self.tokenizer.model_max_length or DEFAULT_MAX_LENGTH
+        return min(limit, self.config.max_position_embeddings)
+
     def count_tokens(self, texts: Sequence[str], task: str | Sequence[str | None] | None = None) -> list[int]:
         texts, _ = self.prepare(texts, task)
         return self.tokenizer.count_tokens(texts)
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
-        """Write the official layout (config.json, model.safetensors, tokenizer.json) to `path`."""
+        """Write the official layout (config.json, model.safetensors, tokenizer files) to `path`."""
         from .checkpoint import MAX_SHARD_BYTES, save
 
         if self.quantized:
@@ -264,13 +274,6 @@ class Embedder:
         out = torch.zeros((n, vectors.shape[1]), dtype=vectors.dtype, device=vectors.device)
         out.index_add_(0, idx, vectors * w)
         return out / torch.zeros(n, dtype=vectors.dtype, device=vectors.device).index_add_(0, idx, w[:, 0])[:, None]
-
-    @property
-    def max_input_length(self) -> int:
-        """The most tokens a text may have: the rotary context, or 8192 read in windows of a learned table."""
-        if self.config.position_embedding_type == "absolute":
-            return DEFAULT_MAX_LENGTH
-        return min(DEFAULT_MAX_LENGTH, self.config.max_position_embeddings)
 
     def _prefix_length(self, task: int, ids: list[int]) -> int:
         """Tokens of the task's instruction prefix at the start of `ids` (0 when it does not tokenise
@@ -379,7 +382,7 @@ class Embedder:
         task: str | Sequence[str | None] | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         normalize: bool = True,
         precision: str = "float32",
         show_progress: bool = False,
@@ -388,12 +391,15 @@ class Embedder:
         """Embed `texts` (in input order) -> array (n, dimensions).
 
         task: one task name for all texts, one per text (mixed tasks share forward passes), or None for
-        the base weights (warns once). The task's instruction prefix is prepended. dimensions: one of
+        the base weights (warns once). The task's instruction prefix is prepended. max_length: tokens per
+        text, specials included (default: `default_max_length`). dimensions: one of
         `self.dimensions` (Matryoshka cut, then L2 normalisation). precision: float32, float16, int8,
         uint8, binary or ubinary (packed bits: dimensions / 8 bytes per vector).
         """
         prefixed, task_ids = self.prepare(texts, task)
         dim = self._check_dimensions(dimensions)
+        if max_length is None:
+            max_length = self.default_max_length
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
         if precision in ("int8", "uint8") and not normalize:

@@ -121,10 +121,14 @@ class Rotary(nn.Module):
     is a run-time choice (10000 for training, 20000 for inference).
     """
 
-    def __init__(self, head_dim: int, base: float) -> None:
+    def __init__(self, head_dim: int, base: float, rotary_dim: int | None = None, interleaved: bool = False) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.base = base
+        # Partial rotary: only the first rotary_dim dims of a head turn; the frequencies are spread over
+        # rotary_dim (as in the official code), not over the head dim.
+        self.rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        self.interleaved = interleaved
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def set_base(self, base: float) -> None:
@@ -132,7 +136,7 @@ class Rotary(nn.Module):
         self._cache.clear()
 
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(cos, sin) for positions 0..length-1: cos over the full head dim (L, D), sin over half (L, D/2)."""
+        """(cos, sin) for positions 0..length-1: cos over the rotated dims (L, R), sin over half (L, R/2)."""
         key = (device, dtype)
         hit = self._cache.get(key)
         # Tables made under inference_mode (an encode() between training steps) cannot enter autograd;
@@ -140,9 +144,8 @@ class Rotary(nn.Module):
         stale = hit is not None and hit[0].is_inference() and not torch.is_inference_mode_enabled()
         if hit is None or hit[0].shape[0] < length or stale:
             n = max(length, 512)
-            inv_freq = 1.0 / (
-                self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)
-            )
+            dim = self.rotary_dim
+            inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
             t = torch.arange(n, device=device, dtype=torch.float32)
             freqs = torch.outer(t, inv_freq)
             cos = torch.cos(freqs)
@@ -160,17 +163,22 @@ class Rotary(nn.Module):
         return hit
 
     def forward(self, x: Tensor, packed: Packed | None = None) -> Tensor:
-        """x*cos + rotate_half(x)*sin, halves not interleaved.
+        """x*cos + rotate_half(x)*sin on the first rotary_dim dims of each head (NeoX halves, or GPT-J
+        interleaved pairs); the other dims pass through.
 
         x is (..., L, D) with positions 0..L-1 (Q and K may be stacked in the leading dims), or with
         `packed`, (T, ..., D) with the batch's per-token positions.
         """
+        if self.rotary_dim == 0:  # the official code then builds no rotary at all
+            return x
         if packed is None:
             cos, sin = self.tables(x.shape[-2], x.device, x.dtype)
         else:
             cos, sin = self.packed_tables(packed, x.device, x.dtype)
             shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
             cos, sin = cos.view(shape), sin.view(shape)
+        if self.interleaved or self.rotary_dim != self.head_dim:
+            return self._rotate_general(x, cos, sin)
         h = x.shape[-1] // 2
         x1, x2 = x[..., :h], x[..., h:]
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -181,6 +189,19 @@ class Rotary(nn.Module):
         out[..., :h].addcmul_(x2, sin, value=-1)
         out[..., h:].addcmul_(x1, sin)
         return out
+
+    def _rotate_general(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Partial and/or interleaved rotation; the same products and sums as the NeoX path."""
+        r = self.rotary_dim
+        rot, rest = x[..., :r], x[..., r:]
+        if self.interleaved:
+            c = cos[..., : r // 2]  # cos is stored twice over (NeoX layout); one copy per pair here
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+            rot = torch.stack((x1 * c - x2 * sin, x2 * c + x1 * sin), dim=-1).flatten(-2)
+        else:
+            x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]
+            rot = rot * cos + torch.cat((-x2 * sin, x1 * sin), dim=-1)
+        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
 # --- 3. Attention: fused QKV, rotary on Q and K, SDPA with a key-padding mask ---------------------
@@ -297,7 +318,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, add_pooling_layer: bool = True) -> None:
         super().__init__()
         self.config = cfg
-        self.rotary = Rotary(cfg.head_dim, cfg.rotary_emb_base)
+        self.rotary = Rotary(cfg.head_dim, cfg.rotary_emb_base, cfg.rotary_dim, cfg.rotary_emb_interleaved)
         self.embeddings = Embeddings(cfg)
         self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.emb_drop = nn.Dropout(cfg.hidden_dropout_prob)

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="taskembed export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model directory (default: the bundled model)")
+    ap.add_argument("--model", help="model folder or Hugging Face hub id (default: the bundled model)")
     ap.add_argument("--task", help="adapter to merge into the graph (default: base weights)")
     ap.add_argument("--format", default="onnx", choices=["onnx"])
     ap.add_argument("--output", required=True, help="output .onnx file")

@@ -391,7 +391,7 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("-k", type=int, default=10, help="hits per query")
     p.add_argument("--task", help="query task (default: retrieval.query for a retrieval.passage corpus, "
                    "else the corpus' task)")
-    p.add_argument("--model", help="model directory (default: the model that embedded the corpus)")
+    p.add_argument("--model", help="model folder or hub id (default: the model that embedded the corpus)")
     p.add_argument("--rescore", type=int, help=f"binary: candidates = k x this (default {DEFAULT_RESCORE})")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
     args = p.parse_args(argv)

@@ -2,14 +2,30 @@
 
 Texts are tokenised in one batched call (the Rust side runs it on all cores); padding is left to the
 Embedder, which sorts by length first so padding stays small.
+
+A model folder may also hold `tokenizer_config.json` (added-token flags, `model_max_length`) and
+`special_tokens_map.json`, as the official repository does; they are read and written the way the
+Hugging Face loader reads them, so a text tokenises the same here and in the official code.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+_FLAGS = ("lstrip", "rstrip", "normalized", "single_word", "special")
+# Hugging Face's role names, in the order the official files list them.
+_ROLES = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
+          "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"}
+# Hugging Face writes int(1e30) for "no limit".
+_NO_LIMIT = 10**12
 
 
 class TokenizerError(ValueError):
@@ -23,9 +39,11 @@ class Encoded:
 
 
 class Tokenizer:
-    def __init__(self, backend: HFTokenizer, source: str = "<memory>") -> None:
-        self.backend = backend
+    def __init__(self, backend: HFTokenizer, source: str = "<memory>", config: dict[str, Any] | None = None) -> None:
         self.source = source
+        # tokenizer_config.json as read (empty when the folder has none); written back on save.
+        self.config: dict[str, Any] = dict(config or {})
+        self.backend = _apply_added_token_flags(backend, self.config, source)
         # Truncation and padding are ours to apply; a tokenizer.json may arrive with either switched on.
         self.backend.no_truncation()
         self.backend.no_padding()
@@ -49,17 +67,61 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
+        return cls(_read_backend(Path(path)), str(path))
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        """tokenizer.json, with the added-token flags of tokenizer_config.json applied when it is there."""
         path = Path(path)
-        if not path.is_file():
-            raise TokenizerError(f"tokenizer file not found: {path}")
-        try:
-            backend = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the Rust side raises a bare Exception on bad JSON
-            raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
-        return cls(backend, str(path))
+        backend = _read_backend(path / TOKENIZER_FILE)
+        config: dict[str, Any] = {}
+        cfg_file = path / TOKENIZER_CONFIG_FILE
+        if cfg_file.is_file():
+            try:
+                config = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{cfg_file} is not valid JSON: {e}") from None
+            if not isinstance(config, dict):
+                raise TokenizerError(f"{cfg_file} must hold a JSON object")
+        return cls(backend, str(path / TOKENIZER_FILE), config)
 
     def save(self, path: str | Path) -> None:
         self.backend.save(str(path))
+
+    def save_pretrained(self, path: str | Path, model_max_length: int) -> None:
+        """tokenizer.json, tokenizer_config.json and special_tokens_map.json into folder `path`, shaped as
+        the official repository ships them. model_max_length is used when no tokenizer config was read."""
+        path = Path(path)
+        self.save(path / TOKENIZER_FILE)
+        added = self._added_tokens()
+        config = dict(self.config) or {
+            "clean_up_tokenization_spaces": True,
+            "model_max_length": model_max_length,
+            "tokenizer_class": "XLMRobertaTokenizer",
+        }
+        # The flags must agree with tokenizer.json: both files are read by the Hugging Face loader.
+        config["added_tokens_decoder"] = {str(e["id"]): {"content": e["content"], **{f: e[f] for f in _FLAGS}}
+                                          for e in added.values()}
+        roles = {role: token for role, token in _ROLES.items() if added.get(token, {}).get("special")}
+        for role, token in roles.items():
+            config.setdefault(role, token)
+        config = dict(sorted(config.items()))
+        special_map = {role: {"content": token, **{f: added[token][f] for f in _FLAGS if f != "special"}}
+                       for role, token in roles.items()}
+        for name, data in ((TOKENIZER_CONFIG_FILE, config), (SPECIAL_TOKENS_MAP_FILE, special_map)):
+            (path / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def _added_tokens(self) -> dict[str, dict[str, Any]]:
+        data = json.loads(self.backend.to_str())
+        return {e["content"]: e for e in data.get("added_tokens", [])}
+
+    @property
+    def model_max_length(self) -> int | None:
+        """The tokenizer config's length limit (8194 in the official files); None when it sets none."""
+        value = self.config.get("model_max_length")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT:
+            return value
+        return None
 
     @property
     def vocab_size(self) -> int:
@@ -102,3 +164,42 @@ class Tokenizer:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=True)]
+
+
+def _read_backend(path: Path) -> HFTokenizer:
+    if not path.is_file():
+        raise TokenizerError(f"tokenizer file not found: {path}")
+    try:
+        return HFTokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a bare Exception on bad JSON
+        raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
+
+
+def _apply_added_token_flags(backend: HFTokenizer, config: dict[str, Any], source: str) -> HFTokenizer:
+    """Set the added tokens' lstrip/rstrip/... as the Hugging Face loader would.
+
+    tokenizer_config.json's `added_tokens_decoder` wins over tokenizer.json. Where it says nothing about
+    `<mask>`, Hugging Face's XLM-R tokenizer class builds it with lstrip=True (so "a <mask>" drops the
+    space before the mask), whatever tokenizer.json says.
+    """
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise TokenizerError(f"tokenizer config of {source}: added_tokens_decoder must be an object")
+    xlmr = str(config.get("tokenizer_class") or "XLMRoberta").startswith("XLMRoberta")
+    updates: dict[int, dict[str, bool]] = {}
+    for idx, token in backend.get_added_tokens_decoder().items():
+        spec = decoder.get(str(idx))
+        if isinstance(spec, dict) and spec.get("content") == token.content:
+            flags = {f: bool(spec[f]) for f in _FLAGS if f in spec}
+        elif token.content == "<mask>" and xlmr:
+            flags = {"lstrip": True}
+        else:
+            continue
+        if any(getattr(token, f) != v for f, v in flags.items()):
+            updates[idx] = flags
+    if not updates:
+        return backend
+    data = json.loads(backend.to_str())
+    for entry in data.get("added_tokens", []):
+        entry.update(updates.get(entry["id"], {}))
+    return HFTokenizer.from_str(json.dumps(data))

@@ -13,7 +13,7 @@ from taskembed.eval import tasks as T
 
 def build_parser(prog: str = "taskembed eval") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Evaluate embedding models on the held-out suite.")
-    p.add_argument("--model", help="model directory or name (taskembed.load)")
+    p.add_argument("--model", help="model folder or Hugging Face hub id (taskembed.load)")
     p.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="more models, run side by side")
     p.add_argument(
         "--baseline",

@@ -50,7 +50,7 @@ class ServerSettings:
     max_queue_tokens: int = 262144  # tokens waiting, all requests together
     max_inputs: int = 2048  # per request
     max_request_tokens: int = 65536  # per request (texts after truncation, prefixes and specials included)
-    max_length: int | None = None  # tokens per text; default: 8192, or a rotary model's shorter context
+    max_length: int | None = None  # tokens per text; default: Embedder.default_max_length
     max_doc_tokens: int = 65536  # late chunking: tokens per document (longer ones use macro windows)
     late_window: int | None = None
     late_overlap: int | None = None
@@ -246,7 +246,7 @@ async def wait_for_job(job: Job, request: Request, batcher: Batcher) -> torch.Te
 def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving `emb`. The batcher starts and stops with the app's lifespan."""
     s = settings or ServerSettings()
-    max_length = s.max_length or emb.max_input_length
+    max_length = s.max_length or emb.default_max_length
     if emb.config.position_embedding_type == "rotary" and max_length > emb.config.max_position_embeddings:
         raise ValueError(f"max_length={max_length} exceeds the model's context {emb.config.max_position_embeddings}")
     if s.max_inputs > s.max_queue:

@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = ServerSettings()
     p = argparse.ArgumentParser(prog="taskembed serve", description="Serve a model over an OpenAI- and "
                                 "Jina-compatible HTTP API (POST /v1/embeddings, /v1/late_chunking; docs at /docs)")
-    p.add_argument("--model", help="model directory (official jina-embeddings-v3 layout)")
+    p.add_argument("--model", help="model folder (official jina-embeddings-v3 layout) or Hugging Face hub id, "
+                   "e.g. jinaai/jina-embeddings-v3 (default: the bundled model)")
+    p.add_argument("--revision", help="branch, tag or commit of a hub id (default: main)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", action="append", dest="names",
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
     p.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens,
                    help="tokens per request, all texts together after truncation (over: 413)")
-    p.add_argument("--max-length", type=int, help="tokens per text (default: the model's context, at most 8192)")
+    p.add_argument("--max-length", type=int,
+                   help="tokens per text (default: 8192, or a rotary model's tokenizer model_max_length)")
     p.add_argument("--max-doc-tokens", type=int, default=d.max_doc_tokens, help="late chunking: tokens per document")
     p.add_argument("--late-window", type=int, help="late chunking: tokens per macro window (default: context)")
     p.add_argument("--late-overlap", type=int, help="late chunking: tokens shared by windows (default window/8)")
@@ -75,7 +78,7 @@ def main(argv: list[str]) -> int:
     keys = list(args.api_keys or [])
     keys += [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
     try:
-        emb = load(model, device=args.device, int8=args.int8)
+        emb = load(model, device=args.device, int8=args.int8, revision=args.revision)
         settings = ServerSettings(
             model_names=args.names or [Path(model).resolve().name], api_keys=keys,
             max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,

@@ -42,6 +42,10 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
     emb, batcher, s = app.state.embedder, app.state.batcher, app.state.settings
     protected = [Security(bearer)] if s.api_keys else []  # checked by the app's middleware; documented here
     lim = app.state.limits
+    if index.info.get("query_task") not in (None, *emb.tasks):
+        raise ValueError(f"the index's query task {index.info.get('query_task')!r} is not one of this model's tasks")
+    if index.dimensions not in emb.dimensions:
+        raise ValueError(f"the index has {index.dimensions} dimensions; this model makes {emb.dimensions}")
 
     @app.post(path, dependencies=protected, tags=["search"], summary="Search the loaded vector index",
               responses=BODY_ERROR_DOCS)
