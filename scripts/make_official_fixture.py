@@ -197,7 +197,7 @@ TEXTS = [
 FORWARD_ROWS = [(0, 3), (2, -1), (1, 4), (5, 0), (6, 2), (3, -1), (4, 1), (7, 0)]
 
 
-def build_tokenizer(out_dir: Path):
+def build_tokenizer(out_dir: Path, model_max_length: int = 8194):
     from tokenizers import (
         AddedToken,
         Regex,
@@ -265,7 +265,7 @@ def build_tokenizer(out_dir: Path):
         unk_token="<unk>",
         pad_token="<pad>",
         mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True),
-        model_max_length=8194,
+        model_max_length=model_max_length,
     )
     hf_tok.save_pretrained(str(out_dir), legacy_format=False)
     return tok.get_vocab_size()
@@ -336,6 +336,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--rotary-dim", type=int, help="rotary_emb_dim (partial rotary; default: the head dim)")
     parser.add_argument("--interleaved", action="store_true", help="rotary_emb_interleaved (GPT-J pairs)")
+    parser.add_argument("--absolute", type=int, metavar="N",
+                        help="learned absolute positions with a table of N rows instead of rotary (N > the long "
+                             "text's tokens + 2: the official code has no windows)")
     args = parser.parse_args()
     # Read by the official code through getattr: only written when asked for.
     rotary = {"rotary_emb_interleaved": True} if args.interleaved else {}
@@ -355,7 +358,7 @@ def main() -> None:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    vocab_size = build_tokenizer(out)
+    vocab_size = build_tokenizer(out, args.absolute - 2 if args.absolute else 8194)
 
     sys.path.insert(0, str(Path(args.official_code).resolve()))
     conf_mod = importlib.import_module(f"{args.package}.configuration_xlm_roberta")
@@ -370,14 +373,14 @@ def main() -> None:
         hidden_act="gelu",
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
-        max_position_embeddings=8194,
+        max_position_embeddings=args.absolute or 8194,
         type_vocab_size=1,
         initializer_range=0.02,
         layer_norm_eps=1e-5,
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
-        position_embedding_type="rotary",
+        position_embedding_type="absolute" if args.absolute else "rotary",
         rotary_emb_base=20000.0,
         lora_adaptations=list(TASKS),
         task_instructions=dict(TASK_INSTRUCTIONS),
