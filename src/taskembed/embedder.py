@@ -27,8 +27,9 @@ from .tokenizer import Tokenizer, TokenizerError
 SAMPLE_CORPUS = Path(__file__).parent / "data" / "sample_corpus.jsonl"
 PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 # How the windows of a text longer than a learned position table become one vector: "mean" averages the
-# windows' mean-pooled vectors, "tokens" weights each window by its token count.
-WINDOW_POOLING = ("mean", "tokens")
+# windows' mean-pooled vectors, "tokens" weights each window by its token count, "first+mean" adds the
+# first window's unit vector to the unit mean (the opening weighs as much as the whole text).
+WINDOW_POOLING = ("mean", "tokens", "first+mean")
 DEFAULT_MAX_LENGTH = 8192
 # Upper bound on padded tokens per forward pass; one 8192-token text still runs alone.
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -273,7 +274,17 @@ class Embedder:
         idx = torch.tensor(owner, device=vectors.device)
         out = torch.zeros((n, vectors.shape[1]), dtype=vectors.dtype, device=vectors.device)
         out.index_add_(0, idx, vectors * w)
-        return out / torch.zeros(n, dtype=vectors.dtype, device=vectors.device).index_add_(0, idx, w[:, 0])[:, None]
+        out /= torch.zeros(n, dtype=vectors.dtype, device=vectors.device).index_add_(0, idx, w[:, 0])[:, None]
+        if self.window_pooling == "first+mean":
+            first: dict[int, int] = {}
+            for j, i in enumerate(owner):  # split_windows keeps each text's windows in order
+                first.setdefault(i, j)
+            unit = torch.nn.functional.normalize
+            both = unit(vectors[[first[i] for i in range(n)]], dim=-1) + unit(out, dim=-1)
+            # The direction of the sum at the mean's length: a one-window text keeps its own vector, so
+            # unnormalised outputs stay comparable.
+            out = unit(both, dim=-1) * out.norm(dim=-1, keepdim=True)
+        return out
 
     def _prefix_length(self, task: int, ids: list[int]) -> int:
         """Tokens of the task's instruction prefix at the start of `ids` (0 when it does not tokenise
