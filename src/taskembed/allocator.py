@@ -43,3 +43,18 @@ def tune_cpu_allocator(keep_bytes: int = 256 << 20) -> bool:
     keep = min(int(keep_bytes), (1 << 30) - 1)
     _done = bool(mallopt(_M_MMAP_THRESHOLD, keep)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * keep))
     return _done
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim); whether any went back.
+
+    The thresholds above keep freed activations for the next batch, which is right while batches keep
+    coming; a server calls this when its queue has been idle a moment, so memory returns to its resting size.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(malloc_trim(0))

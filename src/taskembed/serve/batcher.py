@@ -3,16 +3,24 @@
 Requests arrive already tokenised (the handler does that, so bad input is refused before it queues).
 Work is cut into forward passes of at most `max_batch_tokens` tokens, and every pass is planned afresh
 from all unfinished requests, shortest remaining work first: a one-line request that arrives while an
-8k-token document runs waits for the pass in flight, not for the whole document. A request passed over
-for STARVE_PASSES passes in a row goes first in the next one, so a steady stream of short requests
-cannot starve a long one. Rows of different requests and tasks share a pass (the encoder picks an
-adapter per row). Vectors come back full width and unnormalised; each request then applies its own
-dimensions / normalisation / quantisation.
+8k-token document runs waits for the pass in flight, not for the whole document. The pass in flight is
+what a short request waits behind, so its size bounds short latency: on CPU one max-length text already
+saturates the matrix products, and a pass of two takes twice as long for the same throughput. A pass
+carrying quick work (a request with at most `quick_tokens` left) takes rows of longer requests only while
+it stays within `quick_tokens`, so the short request's own pass is short too. If STARVE_PASSES passes in a
+row skipped the oldest unfinished request, it goes first in the next one: a steady stream of short requests
+cannot starve a long one, and a queue of long ones (each waiting its turn, not overtaken) does not push
+short ones back. Rows of different requests and tasks share a pass (the encoder picks an adapter per row).
+Vectors come back full width and unnormalised; each request then applies its own dimensions /
+normalisation / quantisation.
 
 A late-chunking document is one unit (its macro windows see each other), run alone in its turn.
 
 The queue is bounded in inputs and in tokens, counting what has not yet entered a pass: a full queue
 refuses new work (the server answers 503 with an estimate of the wait) instead of growing latency.
+When the queue has been empty for `idle_trim_s`, the C heap's free pages go back to the OS: the CPU
+allocator setting keeps freed activations for the next pass, which under load saves page faults but after
+it would hold the peak's memory for good.
 A request whose client went away is dropped at the next pass boundary. On shutdown, `drain()` refuses
 new work and lets the rest finish; `abort()` fails what is left with a 503.
 """
@@ -29,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import late_chunking
+from ..allocator import trim_heap
 from ..embedder import Embedder
 from .metrics import Metrics
 
@@ -57,7 +66,6 @@ class Job:
     pending: list[int] = field(default_factory=list)  # rows not yet in a pass, longest first
     rows_left: int = 0  # rows not yet finished (pending + in flight)
     out: Tensor | None = None
-    skipped: int = 0
     seq: int = 0
 
     @property
@@ -78,16 +86,20 @@ class Batcher:
     def __init__(
         self,
         emb: Embedder,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = 8192,
         max_wait_ms: float = 2.0,
         max_queue: int = 4096,
         metrics: Metrics | None = None,
         late_window: int | None = None,
         late_overlap: int | None = None,
         max_queue_tokens: int | None = None,
+        quick_tokens: int | None = None,
+        idle_trim_s: float | None = 1.0,
     ) -> None:
         self.emb = emb
         self.max_batch_tokens = max_batch_tokens
+        # A request this small finishes within a few milliseconds' pass: worth keeping long rows out of it.
+        self.quick_tokens = max_batch_tokens // 4 if quick_tokens is None else quick_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.max_queue_tokens = max_queue_tokens
@@ -102,6 +114,10 @@ class Batcher:
         self.arriving = 0
         self.closing = False  # no new work (draining or stopped)
         self._seq = 0
+        self._streak = 0  # passes in a row that skipped the oldest unfinished job
+        self.idle_trim_s = idle_trim_s
+        self.trim = trim_heap  # replaceable (tests)
+        self._trimmed = True  # nothing ran since the last trim
         self._rate: float | None = None  # tokens per second of recent passes, for Retry-After
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -192,37 +208,41 @@ class Batcher:
 
     def _plan(self) -> tuple[Job | None, list[tuple[Job, int]]]:
         """The next pass: a late-chunking job alone, or rows (job, row) within the token budget."""
-        order = sorted((j for j in self.active if j.pending),
-                       key=lambda j: (j.skipped < STARVE_PASSES, j.pending_tokens(), j.seq))
-        if not order:
+        waiting = [j for j in self.active if j.pending]
+        if not waiting:
             return None, []
+        left = {j: j.pending_tokens() for j in waiting}
+        order = sorted(waiting, key=lambda j: (left[j], j.seq))
+        oldest = min(waiting, key=lambda j: j.seq)
+        if self._streak >= STARVE_PASSES and order[0] is not oldest:
+            order.remove(oldest)
+            order.insert(0, oldest)
         if order[0].plan is not None:
-            self._passed_over(order, {order[0]})
+            self._streak = 0 if order[0] is oldest else self._streak + 1
             return order[0], []
         packed = getattr(self.emb, "packed", False)
         chosen: list[tuple[Job, int]] = []
         tokens = width = 0
+        quick_in = False
         for job in order:
             if job.plan is not None or len(chosen) >= MAX_ROWS_PER_PASS:
                 continue
+            quick = left[job] <= self.quick_tokens
+            budget = self.max_batch_tokens if quick or not quick_in else self.quick_tokens
             keep = []
             for r in job.pending:
                 n = len(job.ids[r])
                 w = max(width, n)
                 cost = tokens + n if packed else w * (len(chosen) + 1)
-                if len(chosen) < MAX_ROWS_PER_PASS and (not chosen or cost <= self.max_batch_tokens):
+                if len(chosen) < MAX_ROWS_PER_PASS and (not chosen or cost <= budget):
                     chosen.append((job, r))
                     tokens, width = tokens + n, w
+                    quick_in = quick_in or quick
                 else:
                     keep.append(r)
             job.pending = keep
-        self._passed_over(order, {j for j, _ in chosen})
+        self._streak = 0 if any(j is oldest for j, _ in chosen) else self._streak + 1
         return None, chosen
-
-    @staticmethod
-    def _passed_over(candidates: list[Job], ran: set[Job]) -> None:
-        for j in candidates:
-            j.skipped = 0 if j in ran else j.skipped + 1
 
     # --- the loop -----------------------------------------------------------------------------------
 
@@ -239,7 +259,11 @@ class Batcher:
         while not any(j.pending for j in self.active):
             if self.closing and not self.active:
                 return False
-            await self._wait(None)
+            idle = not self.active and not self._trimmed and self.idle_trim_s is not None
+            if not await self._wait(self.idle_trim_s if idle else None) and idle:
+                self._trimmed = True
+                # On the worker thread: a pass never runs beside it, and the event loop never waits on it.
+                await asyncio.get_running_loop().run_in_executor(self._executor, self.trim)
         deadline = time.perf_counter() + self.max_wait
         while self.queued_tokens < self.max_batch_tokens and self.arriving > 0 and not self.closing:
             left = deadline - time.perf_counter()
@@ -254,6 +278,7 @@ class Batcher:
             if late is None and not rows:
                 continue
             ran = {late} if late is not None else {j for j, _ in rows}
+            self._trimmed = False
             start = time.perf_counter()
             for j in ran:
                 if j.rows_left == j.size or late is not None:  # first pass of this job
