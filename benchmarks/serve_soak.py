@@ -2,10 +2,11 @@
 
     python benchmarks/serve_soak.py [--model DIR | --size tiny|small] [--clients 64] [--seconds 60]
 
-A server subprocess on 127.0.0.1 gets --clients concurrent clients for --seconds. Each client loops over
-a mix: short requests (one sentence), long ones (a full-length text, truncated), oversized ones (a text
-over the character bound, and a request over --max-request-tokens), malformed ones (bad JSON, a lone
-surrogate, wrong content type, no key) and disconnects (a long request abandoned after a moment).
+A server subprocess on 127.0.0.1 gets --clients concurrent clients for --seconds. The clients connect
+first, then start together and loop over a mix: short requests (one sentence), long ones (a full-length
+text, truncated), oversized ones (a text over the character bound, and a request over
+--max-request-tokens), malformed ones (bad JSON, a lone surrogate, wrong content type, no key) and
+disconnects (a long request abandoned after a moment).
 Clients wait as long as a 503's Retry-After says (at most 5 s). Printed: requests by kind and status, the
 count of 5xx other than 503 backpressure (target 0), p50/p99 latency of short and of long
 requests alone, the time of one full forward pass (a max-length text alone, measured before the load, and
@@ -92,9 +93,14 @@ def request(kind: str, rng: random.Random, limits: dict) -> tuple[bytes, dict[st
     return json.dumps({"input": short}).encode(), {"content-type": "application/json"}  # no_key
 
 
-async def client(url: str, stop: float, seed: int, limits: dict, out: list) -> None:
+async def client(url: str, go: asyncio.Future, seed: int, limits: dict, out: list, ready: list) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        # Connect first and start together: 64 connections opening at once would otherwise put a second
+        # of connection setup into each client's first (timed) request.
+        (await c.get("/health")).raise_for_status()
+        ready.append(seed)
+        stop = await go
         while time.monotonic() < stop:
             kind = rng.choice(KINDS)
             body, headers = request(kind, rng, limits)
@@ -148,9 +154,13 @@ async def soak(url: str, pid: int, clients: int, seconds: float, limits: dict) -
     proc, me = psutil.Process(pid), psutil.Process()
     peak, stop_rss = [proc.memory_info().rss], asyncio.Event()
     sampler = asyncio.create_task(sample_rss(proc, stop_rss, peak))
+    go, ready = asyncio.get_running_loop().create_future(), []
+    tasks = [asyncio.create_task(client(url, go, i, limits, out, ready)) for i in range(clients)]
+    while len(ready) < clients:
+        await asyncio.sleep(0.05)
     cpu0, wall0 = (cpu_seconds(proc), cpu_seconds(me), machine_busy_seconds()), time.perf_counter()
-    stop = time.monotonic() + seconds
-    await asyncio.gather(*(client(url, stop, i, limits, out) for i in range(clients)))
+    go.set_result(time.monotonic() + seconds)
+    await asyncio.gather(*tasks)
     wall = time.perf_counter() - wall0
     cpu1 = (cpu_seconds(proc), cpu_seconds(me), machine_busy_seconds())
     server, mine, busy = (b - a for a, b in zip(cpu0, cpu1, strict=True))

@@ -374,3 +374,43 @@ def test_large_texts_are_tokenised_one_at_a_time(tiny, monkeypatch):
     answers = asyncio.run(scenario())
     assert [a.status_code for a in answers] == [200] * 4
     assert state["calls"] == 4 and state["most"] == 1
+
+
+def test_quick_request_runs_between_the_layers_of_a_long_pass(tiny):
+    app = create_app(tiny, settings())
+    batcher = app.state.batcher
+    events: list[tuple[str, int]] = []
+    hold, entered = threading.Event(), threading.Event()
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            original = batcher._forward
+
+            def forward(ids, task_ids):
+                events.append(("start", len(ids[0])))
+                if len(events) == 1:  # the long pass: hold it until the short request is queued
+                    entered.set()
+                    assert hold.wait(20)
+                out = original(ids, task_ids)
+                events.append(("end", len(ids[0])))
+                return out
+
+            batcher._forward = forward
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                long = asyncio.create_task(c.post("/v1/embeddings", json={"input": LONG, "truncate": True,
+                                                                           "task": "separation"}))
+                await asyncio.to_thread(entered.wait, 10)
+                short = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hi", "task": "separation"}))
+                while batcher.queued_inputs < 1:
+                    await asyncio.sleep(0.01)
+                hold.set()
+                return await long, await short
+
+    long, short = asyncio.run(scenario())
+    assert long.status_code == 200 and short.status_code == 200
+    assert [e for e, _ in events] == ["start", "start", "end", "end"]  # the short pass inside the long one
+    assert events[0][1] == 64 and events[1][1] < 64
+    assert app.state.batcher.passes == 2
+    for answer, text, kw in ((long, LONG, {"truncate": True, "max_length": 64}), (short, "hi", {})):
+        want = tiny.encode([text], task="separation", **kw)
+        np.testing.assert_allclose(np.array([answer.json()["data"][0]["embedding"]]), want, atol=1e-5)

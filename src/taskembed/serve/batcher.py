@@ -10,7 +10,10 @@ carrying quick work (a request with at most `quick_tokens` left) takes rows of l
 it stays within `quick_tokens`, so the short request's own pass is short too. If STARVE_PASSES passes in a
 row skipped the oldest unfinished request, it goes first in the next one: a steady stream of short requests
 cannot starve a long one, and a queue of long ones (each waiting its turn, not overtaken) does not push
-short ones back. Rows of different requests and tasks share a pass (the encoder picks an adapter per row).
+short ones back. A packed pass that runs while quick work arrives pauses between layers for a pass of
+that quick work (on the same thread, so the model never runs twice at once): on CPU a max-length text
+takes many times longer than a pass of short texts, and a short request should not wait for all of it.
+Rows of different requests and tasks share a pass (the encoder picks an adapter per row).
 Vectors come back full width and unnormalised; each request then applies its own dimensions /
 normalisation / quantisation.
 
@@ -28,7 +31,9 @@ new work and lets the rest finish; `abort()` fails what is left with a 503.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +49,12 @@ from .metrics import Metrics
 MAX_ROWS_PER_PASS = 512  # more rows per pass buy nothing on CPU and cost activation memory
 STARVE_PASSES = 4
 MAX_RETRY_AFTER_S = 600
+
+
+def release_memory() -> None:
+    """Collect garbage cycles (a caught exception's frames can hold a request's texts), then trim the heap."""
+    gc.collect()
+    trim_heap()
 
 
 class QueueFull(Exception):
@@ -116,8 +127,14 @@ class Batcher:
         self._seq = 0
         self._streak = 0  # passes in a row that skipped the oldest unfinished job
         self.idle_trim_s = idle_trim_s
-        self.trim = trim_heap  # replaceable (tests)
+        self.trim = release_memory  # replaceable (tests)
         self._trimmed = True  # nothing ran since the last trim
+        self.preempt = True  # quick passes between the layers of a running pass
+        self._quick = threading.Event()  # quick work came while a pass runs
+        self._running = False
+        self._nested = False  # on the worker thread: inside a pass run between another's layers
+        self._nested_s = 0.0
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._rate: float | None = None  # tokens per second of recent passes, for Retry-After
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -127,6 +144,7 @@ class Batcher:
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._event_loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskembed-infer")
         self._task = asyncio.create_task(self._loop(), name="taskembed-batcher")
 
@@ -181,6 +199,8 @@ class Batcher:
         self.queued_tokens += tokens
         self._gauges()
         self._wakeup.set()
+        if self._running and job.plan is None and tokens <= self.quick_tokens:
+            self._quick.set()
         return job
 
     def cancel(self, job: Job) -> None:
@@ -290,6 +310,8 @@ class Batcher:
                 late.pending = []
             self._gauges()
             self.metrics.batch_requests.observe(len(ran))
+            self._running, self._nested_s = True, 0.0
+            self._quick.clear()
             try:
                 if late is not None:
                     result = await loop.run_in_executor(self._executor, self._run_late, late.plan)
@@ -298,29 +320,97 @@ class Batcher:
                     tids = [j.task_ids[r] for j, r in rows]
                     result = await loop.run_in_executor(self._executor, self._forward, ids, tids)
             except Exception as e:  # a failed forward pass fails its requests, not the server
-                for j in ran:
-                    self._remove(j)
-                    if not j.future.done():
-                        j.future.set_exception(e)
+                self._fail(ran, e)
                 continue
             finally:
-                elapsed = time.perf_counter() - start
-                self.passes += 1
-                self.metrics.inference_seconds.observe(elapsed)
-                rate = n_tokens / max(elapsed, 1e-6)
-                self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+                self._running = False
+                self._done_pass(n_tokens, time.perf_counter() - start - self._nested_s)
             if late is not None:
                 self._finish(late, result)
                 continue
-            for k, (j, r) in enumerate(rows):
-                if j.future.done() or j.cancelled:
-                    continue
-                if j.out is None:
-                    j.out = torch.empty((len(j.ids), result.shape[1]), dtype=torch.float32)
-                j.out[r] = result[k]
-                j.rows_left -= 1
-                if j.rows_left == 0:
-                    self._finish(j, j.out)
+            self._deliver(rows, result)
+
+    def _done_pass(self, n_tokens: int, elapsed: float) -> None:
+        self.passes += 1
+        self.metrics.inference_seconds.observe(elapsed)
+        rate = n_tokens / max(elapsed, 1e-6)
+        self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+
+    def _fail(self, jobs, error: Exception) -> None:
+        for j in jobs:
+            self._remove(j)
+            if not j.future.done():
+                j.future.set_exception(error)
+
+    def _deliver(self, rows: list[tuple[Job, int]], result: Tensor) -> None:
+        for k, (j, r) in enumerate(rows):
+            if j.future.done() or j.cancelled:
+                continue
+            if j.out is None:
+                j.out = torch.empty((len(j.ids), result.shape[1]), dtype=torch.float32)
+            j.out[r] = result[k]
+            j.rows_left -= 1
+            if j.rows_left == 0:
+                self._finish(j, j.out)
+
+    # --- quick passes between the layers of a running one -------------------------------------------
+
+    def _plan_quick(self) -> list[tuple[Job, int]]:
+        """(Event loop) Rows of quick jobs for a pass between layers, taken off the queue."""
+        self._quick.clear()
+        quick = sorted((j for j in self.active if j.pending and j.plan is None
+                        and j.pending_tokens() <= self.quick_tokens), key=lambda j: (j.pending_tokens(), j.seq))
+        chosen: list[tuple[Job, int]] = []
+        tokens = 0
+        for job in quick:
+            keep = []
+            for r in job.pending:
+                n = len(job.ids[r])
+                if len(chosen) < MAX_ROWS_PER_PASS and (not chosen or tokens + n <= self.max_batch_tokens):
+                    chosen.append((job, r))
+                    tokens += n
+                else:
+                    keep.append(r)
+            job.pending = keep
+        now = time.perf_counter()
+        for j in {j for j, _ in chosen}:
+            if j.rows_left == j.size:
+                self.metrics.queue_seconds.observe(now - j.enqueued)
+        self.queued_tokens -= tokens
+        self.queued_inputs -= len(chosen)
+        self._gauges()
+        if chosen:
+            self.metrics.batch_requests.observe(len({j for j, _ in chosen}))
+        return chosen
+
+    async def _take_quick(self) -> list[tuple[Job, int]]:
+        return self._plan_quick()
+
+    def _between_layers(self) -> None:
+        """(Worker thread, between two layers of a pass) Run the quick work that came meanwhile."""
+        if not self._quick.is_set() or self._event_loop is None:
+            return
+        loop = self._event_loop
+        try:
+            rows = asyncio.run_coroutine_threadsafe(self._take_quick(), loop).result(timeout=10)
+        except Exception:  # the loop is stopping: the quick work waits for the next pass
+            return
+        if not rows:
+            return
+        start = time.perf_counter()
+        self._nested = True
+        try:
+            result = self._forward([j.ids[r] for j, r in rows], [j.task_ids[r] for j, r in rows])
+        except Exception as e:
+            loop.call_soon_threadsafe(self._fail, {j for j, _ in rows}, e)
+            return
+        finally:
+            self._nested = False
+            elapsed = time.perf_counter() - start
+            self._nested_s += elapsed
+            n = sum(len(j.ids[r]) for j, r in rows)
+            loop.call_soon_threadsafe(self._done_pass, n, elapsed)
+        loop.call_soon_threadsafe(self._deliver, rows, result)
 
     def _finish(self, job: Job, result: Tensor) -> None:
         if job in self.active:
@@ -342,4 +432,6 @@ class Batcher:
         self.metrics.batch_rows.observe(len(ids))
         self.metrics.batch_tokens.observe(sum(map(len, ids)) if packed else max(map(len, ids)) * len(ids))
         # The Embedder's own pass (packed or padded, any quantisation), so server == encode().
+        if self.preempt and packed and not self._nested:
+            return self.emb.forward_pooled(ids, task_ids, between=self._between_layers).float().cpu()
         return self.emb.forward_pooled(ids, task_ids).float().cpu()
