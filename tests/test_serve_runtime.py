@@ -414,3 +414,23 @@ def test_quick_request_runs_between_the_layers_of_a_long_pass(tiny):
     for answer, text, kw in ((long, LONG, {"truncate": True, "max_length": 64}), (short, "hi", {})):
         want = tiny.encode([text], task="separation", **kw)
         np.testing.assert_allclose(np.array([answer.json()["data"][0]["embedding"]]), want, atol=1e-5)
+
+
+def test_queue_full_of_long_requests_still_takes_quick_ones(plans):
+    from taskembed.serve.batcher import QueueFull
+
+    batcher = plans(max_queue_tokens=1024)  # 16 long requests of 64 tokens; quick: at most 16 tokens
+
+    async def scenario():
+        for _ in range(16):
+            batcher.submit(Job(ids=[[5] * 64], task_ids=[-1]))
+        with pytest.raises(QueueFull):
+            batcher.submit(Job(ids=[[5] * 64], task_ids=[-1]))
+        with pytest.raises(QueueFull):
+            batcher.submit(Job(ids=[[5] * 17], task_ids=[-1]))  # not quick
+        quick = [batcher.submit(Job(ids=[[5] * 4], task_ids=[-1])) for _ in range(16)]  # one pass: 64 tokens
+        with pytest.raises(QueueFull):
+            batcher.submit(Job(ids=[[5] * 4], task_ids=[-1]))
+        return quick
+
+    assert len(asyncio.run(scenario())) == 16

@@ -20,7 +20,8 @@ normalisation / quantisation.
 A late-chunking document is one unit (its macro windows see each other), run alone in its turn.
 
 The queue is bounded in inputs and in tokens, counting what has not yet entered a pass: a full queue
-refuses new work (the server answers 503 with an estimate of the wait) instead of growing latency.
+refuses new work (the server answers 503 with an estimate of the wait) instead of growing latency. Quick
+requests may take one pass's budget of tokens past the cap.
 When the queue has been empty for `idle_trim_s`, the C heap's free pages go back to the OS: the CPU
 allocator setting keeps freed activations for the next pass, which under load saves page faults but after
 it would hold the peak's memory for good.
@@ -183,7 +184,12 @@ class Batcher:
             self.metrics.rejected.inc()
             raise QueueFull(f"the queue is full ({self.queued_inputs} inputs waiting)")
         tokens = job.tokens
-        if self.active and self.max_queue_tokens is not None and self.queued_tokens + tokens > self.max_queue_tokens:
+        cap = self.max_queue_tokens
+        if cap is not None and job.plan is None and tokens <= self.quick_tokens:
+            # Quick work costs a sliver of a pass: one pass of it may queue past the cap, so a queue full
+            # of long documents does not turn one-line requests away.
+            cap += self.max_batch_tokens
+        if self.active and cap is not None and self.queued_tokens + tokens > cap:
             self.metrics.rejected.inc()
             raise QueueFull(f"the queue is full ({self.queued_tokens} tokens waiting)")
         job.future = asyncio.get_running_loop().create_future()
