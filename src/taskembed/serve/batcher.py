@@ -32,7 +32,6 @@ new work and lets the rest finish; `abort()` fails what is left with a 503.
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import threading
 import time
@@ -50,12 +49,6 @@ from .metrics import Metrics
 MAX_ROWS_PER_PASS = 512  # more rows per pass buy nothing on CPU and cost activation memory
 STARVE_PASSES = 4
 MAX_RETRY_AFTER_S = 600
-
-
-def release_memory() -> None:
-    """Collect garbage cycles (a caught exception's frames can hold a request's texts), then trim the heap."""
-    gc.collect()
-    trim_heap()
 
 
 class QueueFull(Exception):
@@ -128,7 +121,7 @@ class Batcher:
         self._seq = 0
         self._streak = 0  # passes in a row that skipped the oldest unfinished job
         self.idle_trim_s = idle_trim_s
-        self.trim = release_memory  # replaceable (tests)
+        self.trim = trim_heap  # replaceable (tests)
         self._trimmed = True  # nothing ran since the last trim
         self.preempt = True  # quick passes between the layers of a running pass
         self._quick = threading.Event()  # quick work came while a pass runs
