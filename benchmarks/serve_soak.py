@@ -2,15 +2,20 @@
 
     python benchmarks/serve_soak.py [--model DIR | --size tiny|small] [--clients 64] [--seconds 60]
 
-A server subprocess on 127.0.0.1 gets --clients concurrent clients for --seconds. Each client loops over
-a mix: short requests (one sentence), long ones (a full-length text, truncated), oversized ones (a text
-over the character bound, and a request over --max-request-tokens), malformed ones (bad JSON, a lone
-surrogate, wrong content type, no key) and disconnects (a long request abandoned after a moment).
+A server subprocess on 127.0.0.1 gets --clients concurrent clients for --seconds. The clients connect
+first, then start together and loop over a mix: short requests (one sentence), long ones (a full-length
+text, truncated), oversized ones (a text over the character bound, and a request over
+--max-request-tokens), malformed ones (bad JSON, a lone surrogate, wrong content type, no key) and
+disconnects (a long request abandoned after a moment).
 Clients wait as long as a 503's Retry-After says (at most 5 s). Printed: requests by kind and status, the
 count of 5xx other than 503 backpressure (target 0), p50/p99 latency of short and of long
-requests alone, the time of one full forward pass (a max-length text alone, measured before the load),
-and the server's RSS before, at its peak and after (targets: RSS after within 10% of before, short p99
-under 2x one full pass). Without --model a random model is made and saved to a temporary directory.
+requests alone, the time of one full forward pass (a max-length text alone, measured before the load, and
+again after it for comparison), and the server's RSS before, at its peak and after the queue drained and
+sat idle (targets: RSS after within 10% of before, short p99 under 2x one full pass). To tell the server's
+scheduling from the machine it shares, it also prints the server's passes (from /metrics: count, mean time,
+tokens embedded per second) and where the CPU time went during the load: server, this client process, and
+everything else on the machine. The clients run in this process, apart from the server's.
+Without --model a random model is made and saved to a temporary directory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import subprocess
@@ -34,6 +40,7 @@ from taskembed.tiny import SAMPLE_TEXTS, make_tiny_embedder
 
 KEY = "soak-key"
 GRACE_S = 20.0
+IDLE_S = 3.0  # longer than the server's idle wait before it returns freed memory
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SIZES = {"tiny": {}, "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                                    intermediate_size=1024, matryoshka_dimensions=[32, 64, 128, 256])}
@@ -86,9 +93,14 @@ def request(kind: str, rng: random.Random, limits: dict) -> tuple[bytes, dict[st
     return json.dumps({"input": short}).encode(), {"content-type": "application/json"}  # no_key
 
 
-async def client(url: str, stop: float, seed: int, limits: dict, out: list) -> None:
+async def client(url: str, go: asyncio.Future, seed: int, limits: dict, out: list, ready: list) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        # Connect first and start together: 64 connections opening at once would otherwise put a second
+        # of connection setup into each client's first (timed) request.
+        (await c.get("/health")).raise_for_status()
+        ready.append(seed)
+        stop = await go
         while time.monotonic() < stop:
             kind = rng.choice(KINDS)
             body, headers = request(kind, rng, limits)
@@ -127,16 +139,49 @@ async def sample_rss(proc: psutil.Process, stop: asyncio.Event, peak: list) -> N
         await asyncio.sleep(0.2)
 
 
-async def soak(url: str, pid: int, clients: int, seconds: float, limits: dict) -> tuple[list, int]:
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def machine_busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+async def soak(url: str, pid: int, clients: int, seconds: float, limits: dict) -> tuple[list, int, dict]:
     out: list = []
-    proc = psutil.Process(pid)
+    proc, me = psutil.Process(pid), psutil.Process()
     peak, stop_rss = [proc.memory_info().rss], asyncio.Event()
     sampler = asyncio.create_task(sample_rss(proc, stop_rss, peak))
-    stop = time.monotonic() + seconds
-    await asyncio.gather(*(client(url, stop, i, limits, out) for i in range(clients)))
+    go, ready = asyncio.get_running_loop().create_future(), []
+    tasks = [asyncio.create_task(client(url, go, i, limits, out, ready)) for i in range(clients)]
+    while len(ready) < clients:
+        await asyncio.sleep(0.05)
+    cpu0, wall0 = (cpu_seconds(proc), cpu_seconds(me), machine_busy_seconds()), time.perf_counter()
+    go.set_result(time.monotonic() + seconds)
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - wall0
+    cpu1 = (cpu_seconds(proc), cpu_seconds(me), machine_busy_seconds())
+    server, mine, busy = (b - a for a, b in zip(cpu0, cpu1, strict=True))
     stop_rss.set()
     await sampler
-    return out, peak[0]
+    cpu = {"wall": wall, "server": server / wall, "client": mine / wall, "other": (busy - server - mine) / wall}
+    return out, peak[0], cpu
+
+
+def metric(text: str, name: str) -> float:
+    """One unlabelled sample from Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def drained(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and httpx.get(f"{url}/health", timeout=5).json()["queued_inputs"] > 0:
+        time.sleep(0.2)
 
 
 def main() -> int:
@@ -160,23 +205,40 @@ def main() -> int:
             limits = {"max_tokens": card["max_tokens"], "max_request_tokens": card["max_request_tokens"]}
             full = " ".join(SAMPLE_TEXTS) * 200
             body = {"input": full, "truncate": True, "task": "retrieval.passage"}
-            times = []
-            for _ in range(4):  # one full-length forward pass, alone (first call warms up)
-                t0 = time.perf_counter()
-                httpx.post(f"{url}/v1/embeddings", json=body, headers=AUTH, timeout=300).raise_for_status()
-                times.append(time.perf_counter() - t0)
-            one_pass = float(np.median(times[1:]))
+
+            def full_pass() -> float:
+                times = []
+                for _ in range(4):  # one full-length forward pass, alone (first call warms up)
+                    t0 = time.perf_counter()
+                    httpx.post(f"{url}/v1/embeddings", json=body, headers=AUTH, timeout=300).raise_for_status()
+                    times.append(time.perf_counter() - t0)
+                return float(np.median(times[1:]))
+
+            one_pass = full_pass()
             pid = server.pid
+            time.sleep(IDLE_S)
             rss_before = psutil.Process(pid).memory_info().rss
-            out, rss_peak = asyncio.run(soak(url, pid, args.clients, args.seconds, limits))
-            time.sleep(2)  # let the last cancelled passes finish
+            m0 = httpx.get(f"{url}/metrics", headers=AUTH).text
+            out, rss_peak, cpu = asyncio.run(soak(url, pid, args.clients, args.seconds, limits))
+            m1 = httpx.get(f"{url}/metrics", headers=AUTH).text
+            drained(url)  # abandoned requests are dropped at their next pass boundary
+            time.sleep(IDLE_S)  # the server gives memory back after a moment of idle
             rss_after = psutil.Process(pid).memory_info().rss
+            one_pass_after = full_pass()
         finally:
             server.terminate()
             server.wait(60)
 
     print(f"model: {args.model or args.size}, clients: {args.clients}, seconds: {args.seconds:g}, "
-          f"max_tokens: {limits['max_tokens']}, one full pass alone: {one_pass * 1000:.0f} ms")
+          f"max_tokens: {limits['max_tokens']}, one full pass alone: {one_pass * 1000:.0f} ms "
+          f"(after the load: {one_pass_after * 1000:.0f} ms)")
+    passes = metric(m1, "taskembed_inference_seconds_count") - metric(m0, "taskembed_inference_seconds_count")
+    pass_s = metric(m1, "taskembed_inference_seconds_sum") - metric(m0, "taskembed_inference_seconds_sum")
+    tokens = metric(m1, "taskembed_tokens_total") - metric(m0, "taskembed_tokens_total")
+    print(f"server: {passes:.0f} passes, mean {pass_s / max(passes, 1) * 1000:.0f} ms, busy {pass_s / cpu['wall']:.0%} "
+          f"of the load's {cpu['wall']:.1f} s; {tokens / cpu['wall']:.0f} tokens/s answered")
+    print(f"CPU during the load (cores of {psutil.cpu_count()}): server {cpu['server']:.2f}, "
+          f"clients {cpu['client']:.2f}, rest of the machine {cpu['other']:.2f}; load average {os.getloadavg()[0]:.2f}")
     print(f"requests: {len(out)}")
     by: dict[tuple[str, int], int] = {}
     for kind, status, _ in out:

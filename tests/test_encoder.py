@@ -166,6 +166,24 @@ def test_packed_forward_equals_padded(tiny, tasks):
         start += n
 
 
+def test_packed_forward_calls_back_between_layers_and_may_run_another_pass_there(tiny):
+    lens, tasks = [9, 4], [0, 2]
+    ids = torch.randint(5, 300, (sum(lens),), generator=torch.Generator().manual_seed(3))
+    other = torch.randint(5, 300, (6,), generator=torch.Generator().manual_seed(4))
+    calls = []
+
+    def between():  # what a server does there: another request's whole pass
+        calls.append(tiny.model.forward_packed(other, [6], [1]))
+
+    with torch.no_grad():
+        plain = tiny.model.forward_packed(ids, lens, tasks)
+        paused = tiny.model.forward_packed(ids, lens, tasks, between)
+        alone = tiny.model.forward_packed(other, [6], [1])
+    assert len(calls) == tiny.config.num_hidden_layers - 1
+    torch.testing.assert_close(paused, plain, atol=0, rtol=0)
+    torch.testing.assert_close(calls[0], alone, atol=0, rtol=0)
+
+
 def test_nested_tensor_attention_path_equals_loop(tiny, monkeypatch):
     # The CUDA path uses jagged nested tensors; force it on CPU and compare with the per-sequence loop.
     from taskembed.encoder import Attention

@@ -235,3 +235,202 @@ def test_access_log_drops_query_strings():
         f.filter(record)
     assert "SECRET" not in record.getMessage() and "/v1/models?<redacted>" in record.getMessage()
     assert sum(isinstance(f, srv_mod.RedactQuery) for f in logger.filters) == 1
+
+
+@pytest.fixture
+def plans(tiny):
+    """A batcher whose passes the test plans by hand (no worker): ids are arbitrary, only lengths count."""
+
+    def make(**kw):
+        batcher = create_app(tiny, settings(**kw)).state.batcher
+        batcher._wakeup = asyncio.Event()
+        return batcher
+
+    return make
+
+
+def test_pass_with_quick_work_keeps_longer_rows_out(plans):
+    batcher = plans()  # 64 tokens a pass; quick: at most 16 tokens left
+    assert batcher.quick_tokens == 16
+
+    async def scenario():
+        medium = batcher.submit(Job(ids=[[5] * 40], task_ids=[-1]))
+        quick = batcher.submit(Job(ids=[[5] * 4] * 3, task_ids=[-1]))
+        first = batcher._plan()[1]
+        second = batcher._plan()[1]
+        many = [batcher.submit(Job(ids=[[5] * 6], task_ids=[-1])) for _ in range(10)]
+        third = batcher._plan()[1]
+        return medium, quick, first, second, many, third
+
+    medium, quick, first, second, many, third = asyncio.run(scenario())
+    # 12 + 40 tokens would fit the pass, but the quick request's pass stays short.
+    assert {j for j, _ in first} == {quick} and len(first) == 3
+    assert [j for j, _ in second] == [medium]
+    # Quick requests together still fill a whole pass (60 of 64 tokens).
+    assert [j for j, _ in third] == many
+
+
+def test_queue_of_long_requests_does_not_push_short_ones_back(plans):
+    batcher = plans()
+
+    async def scenario():
+        longs = [batcher.submit(Job(ids=[[5] * 64], task_ids=[-1])) for _ in range(8)]
+        ran = [batcher._plan()[1] for _ in range(STARVE_PASSES + 2)]
+        short = batcher.submit(Job(ids=[[5] * 3], task_ids=[-1]))
+        after = batcher._plan()[1]
+        return longs, ran, short, after
+
+    longs, ran, short, after = asyncio.run(scenario())
+    # Equal long requests run in arrival order: none overtakes another, so none counts as starved ...
+    assert [p[0][0] for p in ran] == longs[:STARVE_PASSES + 2] and all(len(p) == 1 for p in ran)
+    # ... and a short request that comes now goes in the very next pass, alone.
+    assert [j for j, _ in after] == [short]
+
+
+def test_oldest_request_gets_a_pass_between_quick_ones(plans):
+    batcher = plans()
+
+    async def scenario():
+        long = batcher.submit(Job(ids=[[5] * 64], task_ids=[-1]))
+        kinds = []
+        for _ in range(2 * (STARVE_PASSES + 1)):
+            batcher.submit(Job(ids=[[5] * 3], task_ids=[-1]))  # quick work always waiting
+            chosen = batcher._plan()[1]
+            kinds.append("long" if any(j is long for j, _ in chosen) else "quick")
+            if kinds[-1] == "long":
+                long.pending = [0]  # a request of many rows: it needs pass after pass
+        return kinds
+
+    kinds = asyncio.run(scenario())
+    every = ["quick"] * STARVE_PASSES + ["long"]
+    assert kinds == every * 2
+
+
+def test_heap_is_trimmed_once_the_queue_is_idle(tiny):
+    app = create_app(tiny, settings())
+    batcher = app.state.batcher
+    trims: list[int] = []
+    trimmed = threading.Event()
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            rec = Recorder(batcher)
+            batcher.idle_trim_s = 0.05
+
+            def trim():
+                trims.append(len(rec.passes))
+                trimmed.set()
+
+            batcher.trim = trim
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                first = asyncio.create_task(c.post("/v1/embeddings", json={"input": TEXT}))
+                await asyncio.to_thread(rec.entered.wait, 10)
+                await asyncio.sleep(0.3)  # several idle waits long: but a pass is running
+                during = list(trims)
+                rec.permits.release()
+                assert (await first).status_code == 200
+                assert await asyncio.to_thread(trimmed.wait, 10)
+                await asyncio.sleep(0.3)
+                once = list(trims)
+                trimmed.clear()
+                rec.permits.release()
+                assert (await c.post("/v1/embeddings", json={"input": TEXT})).status_code == 200
+                assert await asyncio.to_thread(trimmed.wait, 10)
+                return during, once, list(trims)
+
+    during, once, after = asyncio.run(scenario())
+    assert during == [] and once == [1] and after == [1, 2]
+
+
+def test_large_texts_are_tokenised_one_at_a_time(tiny, monkeypatch):
+    from taskembed.serve import app as app_mod
+
+    monkeypatch.setattr(app_mod, "INLINE_TOKENIZE_CHARS", 0)  # every request goes to the tokenising thread
+    state = {"now": 0, "most": 0, "calls": 0}
+    lock = threading.Lock()
+    original = tiny.tokenizer.encode
+
+    def encode(*args, **kw):
+        with lock:
+            state["now"] += 1
+            state["calls"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)  # long enough for concurrent calls to overlap, were they allowed
+        try:
+            return original(*args, **kw)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(tiny.tokenizer, "encode", encode)
+    app = create_app(tiny, settings())
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                return await asyncio.gather(*(c.post("/v1/embeddings", json={"input": f"{TEXT} {i}"})
+                                              for i in range(4)))
+
+    answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [200] * 4
+    assert state["calls"] == 4 and state["most"] == 1
+
+
+def test_quick_request_runs_between_the_layers_of_a_long_pass(tiny):
+    app = create_app(tiny, settings())
+    batcher = app.state.batcher
+    events: list[tuple[str, int]] = []
+    hold, entered = threading.Event(), threading.Event()
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            original = batcher._forward
+
+            def forward(ids, task_ids):
+                events.append(("start", len(ids[0])))
+                if len(events) == 1:  # the long pass: hold it until the short request is queued
+                    entered.set()
+                    assert hold.wait(20)
+                out = original(ids, task_ids)
+                events.append(("end", len(ids[0])))
+                return out
+
+            batcher._forward = forward
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                long = asyncio.create_task(c.post("/v1/embeddings", json={"input": LONG, "truncate": True,
+                                                                           "task": "separation"}))
+                await asyncio.to_thread(entered.wait, 10)
+                short = asyncio.create_task(c.post("/v1/embeddings", json={"input": "hi", "task": "separation"}))
+                while batcher.queued_inputs < 1:
+                    await asyncio.sleep(0.01)
+                hold.set()
+                return await long, await short
+
+    long, short = asyncio.run(scenario())
+    assert long.status_code == 200 and short.status_code == 200
+    assert [e for e, _ in events] == ["start", "start", "end", "end"]  # the short pass inside the long one
+    assert events[0][1] == 64 and events[1][1] < 64
+    assert app.state.batcher.passes == 2
+    for answer, text, kw in ((long, LONG, {"truncate": True, "max_length": 64}), (short, "hi", {})):
+        want = tiny.encode([text], task="separation", **kw)
+        np.testing.assert_allclose(np.array([answer.json()["data"][0]["embedding"]]), want, atol=1e-5)
+
+
+def test_queue_full_of_long_requests_still_takes_quick_ones(plans):
+    from taskembed.serve.batcher import QueueFull
+
+    batcher = plans(max_queue_tokens=1024)  # 16 long requests of 64 tokens; quick: at most 16 tokens
+
+    async def scenario():
+        for _ in range(16):
+            batcher.submit(Job(ids=[[5] * 64], task_ids=[-1]))
+        with pytest.raises(QueueFull):
+            batcher.submit(Job(ids=[[5] * 64], task_ids=[-1]))
+        with pytest.raises(QueueFull):
+            batcher.submit(Job(ids=[[5] * 17], task_ids=[-1]))  # not quick
+        quick = [batcher.submit(Job(ids=[[5] * 4], task_ids=[-1])) for _ in range(16)]  # one pass: 64 tokens
+        with pytest.raises(QueueFull):
+            batcher.submit(Job(ids=[[5] * 4], task_ids=[-1]))
+        return quick
+
+    assert len(asyncio.run(scenario())) == 16

@@ -18,6 +18,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 DISABLE_ENV = "TASKEMBED_MALLOC_TUNING"  # "0": leave the C allocator as it is
 _done: bool | None = None
 
@@ -43,3 +44,35 @@ def tune_cpu_allocator(keep_bytes: int = 256 << 20) -> bool:
     keep = min(int(keep_bytes), (1 << 30) - 1)
     _done = bool(mallopt(_M_MMAP_THRESHOLD, keep)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * keep))
     return _done
+
+
+def limit_arenas(n: int = 1) -> bool:
+    """At most `n` glibc arenas; call before other threads start. Whether the setting took.
+
+    glibc gives each thread that allocates its own arena, and trimming leaves each arena's scattered live
+    blocks holding pages: a server's event loop, worker and tokenising threads then hold tens of MiB more
+    after a load than one shared heap does. Off with TASKEMBED_MALLOC_TUNING=0, like the thresholds.
+    """
+    if os.environ.get(DISABLE_ENV, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, n))
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim); whether any went back.
+
+    The thresholds above keep freed activations for the next batch, which is right while batches keep
+    coming; a server calls this when its queue has been idle a moment, so memory returns to its resting size.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(malloc_trim(0))

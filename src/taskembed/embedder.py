@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -319,11 +319,14 @@ class Embedder:
             batches.append(cur)
         return batches
 
-    def forward_pooled(self, ids: list[list[int]], task_ids: list[int]) -> Tensor:
-        """One forward pass over a batch; returns fp32 pooled vectors (B, H) in the batch's order."""
+    def forward_pooled(self, ids: list[list[int]], task_ids: list[int],
+                       between: Callable[[], None] | None = None) -> Tensor:
+        """One forward pass over a batch; returns fp32 pooled vectors (B, H) in the batch's order.
+
+        `between` (packed passes only) is called between layers: see Encoder.forward_packed."""
         model, task_ids = self._model_for(task_ids)
         if self.packed:
-            return self._forward_packed_pooled(model, ids, task_ids)
+            return self._forward_packed_pooled(model, ids, task_ids, between)
         return self._forward_padded_pooled(model, ids, task_ids)
 
     def _model_for(self, task_ids: list[int]) -> tuple[Encoder, list[int]]:
@@ -350,13 +353,14 @@ class Embedder:
         """Drop merged copies, e.g. after the model's weights changed."""
         self._merged.clear()
 
-    def _forward_packed_pooled(self, model: Encoder, ids: list[list[int]], task_ids: list[int]) -> Tensor:
+    def _forward_packed_pooled(self, model: Encoder, ids: list[list[int]], task_ids: list[int],
+                               between: Callable[[], None] | None = None) -> Tensor:
         device = self.device
         # Rows of one task side by side, so each adapter covers one contiguous token range.
         order = sorted(range(len(ids)), key=lambda r: task_ids[r])
         seqlens = [len(ids[r]) for r in order]
         flat = torch.tensor([tok for r in order for tok in ids[r]], dtype=torch.long, device=device)
-        hidden = model.forward_packed(flat, seqlens, [task_ids[r] for r in order]).float()
+        hidden = model.forward_packed(flat, seqlens, [task_ids[r] for r in order], between).float()
         lens = torch.tensor(seqlens, device=device)
         if self.config.emb_pooler == "cls":
             starts = torch.cumsum(lens, 0) - lens

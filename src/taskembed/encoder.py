@@ -14,6 +14,7 @@ unchanged; texts longer than the table are read in windows by the Embedder.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -352,24 +353,30 @@ class Encoder(nn.Module):
             key_mask = attention_mask.bool()[:, None, None, :]
         return self._blocks(x, key_mask, task_ids)
 
-    def forward_packed(self, input_ids: Tensor, seqlens: list[int], tasks: list[int]) -> Tensor:
+    def forward_packed(self, input_ids: Tensor, seqlens: list[int], tasks: list[int],
+                       between: Callable[[], None] | None = None) -> Tensor:
         """Unpadded forward: input_ids (T,) holds the sequences end to end; tasks has one id per sequence.
 
         Returns hidden states (T, H) on the same token axis. Same numbers as the padded forward on each
-        sequence's real tokens, without computing anything for padding.
+        sequence's real tokens, without computing anything for padding. `between` is called after every
+        layer but the last (a server runs other requests' passes there, so a long pass cannot hold them up).
         """
         if sum(seqlens) != input_ids.shape[0] or len(tasks) != len(seqlens):
             raise ValueError("forward_packed: seqlens must sum to the token count, with one task per sequence")
         packed = Packed.build(seqlens, [int(t) if t >= 0 else NO_TASK for t in tasks], input_ids.device)
         x = self.embed(input_ids, packed.spans, seqlens)
-        return self._blocks(x, packed, packed.spans)
+        return self._blocks(x, packed, packed.spans, between)
 
-    def _blocks(self, x: Tensor, layout: Tensor | Packed | None, task_ids: Tensor | Spans | None) -> Tensor:
-        for block in self.encoder.layers:
+    def _blocks(self, x: Tensor, layout: Tensor | Packed | None, task_ids: Tensor | Spans | None,
+                between: Callable[[], None] | None = None) -> Tensor:
+        last = len(self.encoder.layers) - 1
+        for i, block in enumerate(self.encoder.layers):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, layout, task_ids, use_reentrant=False)
             else:
                 x = block(x, layout, task_ids)
+            if between is not None and i < last:
+                between()
         return x
 
     def merged(self, task: int) -> Encoder:

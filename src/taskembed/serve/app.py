@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +23,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import late_chunking
@@ -37,6 +37,9 @@ from .metrics import Metrics
 # Below this many characters a request is tokenised on the event loop: a thread hop costs more than the
 # tokeniser (microseconds for a few sentences), and under load every hop waits for a time slice.
 INLINE_TOKENIZE_CHARS = 16384
+# Large texts are tokenised one at a time: concurrent tokenisers buy no throughput on a few cores, and each
+# one takes CPU time and the GIL from the forward pass and the event loop that short requests wait on.
+TOKENIZE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskembed-tokenize")
 __all__ = ["ApiError", "ServerSettings", "create_app", "error_response"]
 
 
@@ -44,7 +47,9 @@ __all__ = ["ApiError", "ServerSettings", "create_app", "error_response"]
 class ServerSettings:
     model_names: list[str] = field(default_factory=lambda: ["taskembed"])  # first one is reported
     api_keys: list[str] = field(default_factory=list)  # empty: no authentication
-    max_batch_tokens: int = 16384  # tokens per forward pass
+    # Tokens per forward pass. On CPU one 8192-token text saturates the matrix products; a larger pass only
+    # lengthens the wait of requests that arrive while it runs.
+    max_batch_tokens: int = 8192
     max_wait_ms: float = 2.0
     max_queue: int = 4096  # inputs waiting, all requests together
     max_queue_tokens: int = 262144  # tokens waiting, all requests together
@@ -194,6 +199,11 @@ def submit(batcher: Batcher, job: Job) -> None:
                        headers={"Retry-After": str(batcher.retry_after(job.tokens))}) from None
 
 
+async def offload(fn, *args):
+    """`fn(*args)` on the tokenising thread."""
+    return await asyncio.get_running_loop().run_in_executor(TOKENIZE_POOL, fn, *args)
+
+
 async def tokenize(emb: Embedder, texts: list[str], max_length: int, truncate: bool, param: str,
                    hint: str = "") -> tuple[list[list[int]], int]:
     """Token ids (off the event loop when large) and their total; a too-long text is a 400.
@@ -204,7 +214,7 @@ async def tokenize(emb: Embedder, texts: list[str], max_length: int, truncate: b
     big = sum(len(t) for t in texts) > INLINE_TOKENIZE_CHARS
     try:
         if big:
-            enc = await run_in_threadpool(emb.tokenizer.encode, texts, max_length, truncate)
+            enc = await offload(emb.tokenizer.encode, texts, max_length, truncate)
         else:
             enc = emb.tokenizer.encode(texts, max_length, truncate)
     except TokenizerError as e:
@@ -354,7 +364,7 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
                                         "characters, the longest token)", "input", "too_long")
                 try:
                     if n_chars > INLINE_TOKENIZE_CHARS:
-                        plan = await run_in_threadpool(late_chunking.plan, emb, texts, tasks[0], s.late_separator)
+                        plan = await offload(late_chunking.plan, emb, texts, tasks[0], s.late_separator)
                     else:
                         plan = late_chunking.plan(emb, texts, tasks[0], s.late_separator)
                 except ValueError as e:

@@ -67,10 +67,12 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         from .. import load
+        from ..allocator import limit_arenas
         from . import server
     except ModuleNotFoundError as e:
         print(f"error: {e.name} is missing: pip install 'taskembed[serve]'", file=sys.stderr)
         return 2
+    limit_arenas()  # before the server's threads start: their memory goes back with the idle trim
     if args.threads:
         import torch
 
