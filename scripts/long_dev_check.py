@@ -9,10 +9,12 @@ relevant document is the page. Score: nDCG@10 (the eval harness's metric).
 One encoding pass per overlap gives every pooling at once: "cut" (the first window only: truncation at the
 table), "mean" (mean of the windows' mean-pooled vectors; the Embedder's "tokens" pooling is the same here,
 since every window of a long text is full), "unit" (mean of the windows' normalised vectors), "cut+mean"
-(the normalised sum of the two: the opening counts as much as the whole). --cache keeps the window vectors.
+(the normalised sum of the two: the opening counts as much as the whole), "tokens" (windows weighted by the
+text tokens they read). Layouts: OVERLAP:PREFIX, the prefix "repeat"ed in every window or read "once".
+--cache keeps the window vectors.
 
     apt-get download gimp-help-en gimp-help-de ...; dpkg -x each .deb into ROOT
-    python scripts/long_dev_check.py ROOT --langs en de ja --overlaps 0 128 [--model DIR]
+    python scripts/long_dev_check.py ROOT --langs en de ja --layouts 0:repeat 0:once [--model DIR]
 """
 
 from __future__ import annotations
@@ -87,12 +89,16 @@ def window_vectors(emb, texts: list[str], task: str):
     """(vectors per window, owner, tokens per window) in one pass over all windows."""
     prefixed, task_ids = emb.prepare(texts, task)
     ids = emb.tokenizer.encode(prefixed, max_length=100_000).ids
-    seqs, owner, _ = emb.split_windows(ids, task_ids)
+    pooling, emb.window_pooling = emb.window_pooling, "tokens"  # weights = text tokens per window
+    try:
+        seqs, owner, weights = emb.split_windows(ids, task_ids)
+    finally:
+        emb.window_pooling = pooling
     out = torch.empty((len(seqs), emb.config.hidden_size))
     with torch.inference_mode():
         for batch in emb.batches([len(s) for s in seqs], 32):
             out[torch.tensor(batch)] = emb.forward_pooled([seqs[i] for i in batch], [task_ids[owner[i]] for i in batch])
-    return out, np.array(owner), np.array([len(s) for s in seqs], dtype=np.float32)
+    return out, np.array(owner), np.array(weights, dtype=np.float32)
 
 
 def pool(vecs: torch.Tensor, owner: np.ndarray, lens: np.ndarray, n: int, how: str) -> np.ndarray:
@@ -115,7 +121,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-POOLINGS = ("cut", "mean", "unit", "cut+mean")
+POOLINGS = ("cut", "mean", "tokens", "unit", "cut+mean")
 
 
 def score(q: np.ndarray, d: np.ndarray, gold: list[int]) -> float:
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", help="folder the gimp-help .debs were unpacked into")
     p.add_argument("--langs", nargs="+", default=["en", "de", "ja"])
-    p.add_argument("--overlaps", nargs="+", type=int, default=[0, 128])
+    p.add_argument("--layouts", nargs="+", default=["0:repeat", "0:once", "128:repeat"])
     p.add_argument("--model", default=None)
     p.add_argument("--min-tokens", type=int, default=700)
     p.add_argument("--max-tokens", type=int, default=4096)
@@ -146,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         qt = emb.encode([t for t, _ in titles], task="retrieval.query")
         qd = emb.encode([t for t, _ in deep], task="retrieval.query") if deep else None
         print(f"{lang}: {len(docs)} pages, {len(titles)} title and {len(deep)} deep-heading queries", flush=True)
-        for overlap in args.overlaps:
-            emb.window_overlap = overlap
+        for layout in args.layouts:
+            overlap, prefix = int(layout.split(":")[0]), layout.split(":")[1]
+            emb.window_overlap, emb.window_prefix = overlap, prefix
             t0 = time.time()
-            cached = args.cache / f"{lang}-{overlap}-{len(docs)}.pt" if args.cache else None
+            cached = args.cache / f"{lang}-{overlap}-{prefix}-{len(docs)}.pt" if args.cache else None
             if cached and cached.is_file():
                 vecs, owner, lens = torch.load(cached, weights_only=False)
             else:
@@ -158,15 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     torch.save((vecs, owner, lens), cached)
             for how in POOLINGS:
-                if how == "cut" and overlap != args.overlaps[0]:
+                if how == "cut" and layout != args.layouts[0]:
                     continue
                 dv = pool(vecs, owner, lens, len(docs), how)
                 st = score(qt, dv, [i for _, i in titles])
                 sd = score(qd, dv, [i for _, i in deep]) if deep else float("nan")
-                rows.append((lang, how, overlap if how != "cut" else "-", st, sd))
-                print(f"  {how:6s} overlap {overlap:4d}: titles {st:.4f}  deep headings {sd:.4f}  "
+                rows.append((lang, how, layout if how != "cut" else "-", st, sd))
+                print(f"  {how:8s} {layout:11s}: titles {st:.4f}  deep headings {sd:.4f}  "
                       f"({time.time() - t0:.0f} s, {len(vecs)} windows)", flush=True)
-    print("\n| lang | pooling | overlap | titles nDCG@10 | deep headings nDCG@10 |\n|---|---|---|---|---|")
+    print("\n| lang | pooling | layout | titles nDCG@10 | deep headings nDCG@10 |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.4f} |")
     return 0

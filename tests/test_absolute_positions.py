@@ -183,7 +183,7 @@ def test_long_text_is_the_pooled_windows(absolute, pooling, task):
         parts = windows(ids, absolute.config.max_tokens, head, 6)
         with torch.no_grad():
             vecs = [absolute.model(torch.tensor([p]), None, torch.tensor([index]))[0].mean(0) for p in parts]
-        weights = [len(p) if pooling == "tokens" else 1 for p in parts]
+        weights = [len(p) - 2 - head if pooling == "tokens" else 1 for p in parts]
         expected = sum(w * v for w, v in zip(weights, vecs, strict=True)) / sum(weights)
         if pooling == "first+mean":
             expected = vecs[0] / vecs[0].norm() + expected / expected.norm()

@@ -45,9 +45,9 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
 def windows(ids: list[int], size: int, head: int = 0, overlap: int = 0) -> list[list[int]]:
     """Cut one tokenised text, `<s> head body </s>`, into windows of at most `size` tokens.
 
-    Every window is `<s> head chunk </s>`: the `head` tokens (the task's instruction prefix) open each
-    one, so every window is read as the task's input. Consecutive chunks share at least `overlap`
-    tokens; the last window ends at the text's end (full length, so it may overlap more).
+    Every window is `<s> head chunk </s>`: the `head` tokens (e.g. the task's instruction prefix) open
+    each one (head=0: the prefix is read once, as the start of the body). Consecutive chunks share
+    `overlap` tokens; the last chunk holds what is left.
     """
     if len(ids) <= size:
         return [ids]
@@ -56,7 +56,9 @@ def windows(ids: list[int], size: int, head: int = 0, overlap: int = 0) -> list[
     if span < 1 or not 0 <= overlap < span:
         raise ValueError(f"windows of {size} tokens leave no room for a body after a {head}-token prefix "
                          f"with overlap {overlap}")
-    starts = list(range(0, len(body) - span, span - overlap)) + [len(body) - span]
+    starts = [0]
+    while starts[-1] + span < len(body):
+        starts.append(starts[-1] + span - overlap)
     return [[cls, *prefix, *body[s : s + span], sep] for s in starts]
 
 
@@ -110,6 +112,8 @@ class Embedder:
         # come from config.json when the model ships them (chosen on long-document dev checks).
         self.window_overlap = int(self.config.extra.get("window_overlap", 0))
         self.window_pooling = str(self.config.extra.get("window_pooling", "mean"))
+        # "repeat": the task prefix opens every window; "once": it is read once, at the text's start.
+        self.window_prefix = str(self.config.extra.get("window_prefix", "repeat"))
         self._prefix_ids: dict[int, list[int]] = {}
         if self.device.type == "cpu":
             tune_cpu_allocator()
@@ -259,11 +263,13 @@ class Embedder:
             return ids, list(range(len(ids))), [1.0] * len(ids)
         seqs, owner, weight = [], [], []
         for i, (x, t) in enumerate(zip(ids, task_ids, strict=True)):
-            parts = windows(x, size, self._prefix_length(t, x), self.window_overlap) if len(x) > size else [x]
+            head = self._prefix_length(t, x) if self.window_prefix == "repeat" else 0
+            parts = windows(x, size, head, self.window_overlap) if len(x) > size else [x]
             for part in parts:
                 seqs.append(part)
                 owner.append(i)
-                weight.append(float(len(part)) if self.window_pooling == "tokens" else 1.0)
+                # "tokens": each window counts by the text tokens it reads (not <s>, </s>, a repeated prefix)
+                weight.append(float(len(part) - 2 - head) if self.window_pooling == "tokens" else 1.0)
         return seqs, owner, weight
 
     def pool_windows(self, vectors: Tensor, owner: list[int], weight: list[float], n: int) -> Tensor:
@@ -430,6 +436,8 @@ class Embedder:
             )
         if self.window_pooling not in WINDOW_POOLING:
             raise ValueError(f"window_pooling {self.window_pooling!r} unknown; allowed: {', '.join(WINDOW_POOLING)}")
+        if self.window_prefix not in ("repeat", "once"):
+            raise ValueError(f"window_prefix {self.window_prefix!r} unknown; allowed: repeat, once")
         if NO_TASK in task_ids and not self._warned_no_task:
             self._warned_no_task = True
             warnings.warn(
