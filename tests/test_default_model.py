@@ -70,12 +70,14 @@ def _teacher_vectors(emb, teacher, texts, prefix):
 
     out = []
     head = len(emb.tokenizer.backend.encode(prefix.rstrip(), add_special_tokens=False).ids)
+    head = head if emb.window_prefix == "repeat" else 0
     for ids in emb.tokenizer.encode([prefix + t for t in texts], max_length=100_000).ids:
         parts = windows(ids, 512, head, emb.window_overlap)
         with torch.no_grad():
             vecs = [teacher(torch.tensor([p]), torch.ones(1, len(p)))[0].mean(0) for p in parts]
         if emb.window_pooling == "tokens":
-            v = sum(len(p) * x for p, x in zip(parts, vecs, strict=True)) / sum(map(len, parts))
+            w = [len(p) - 2 - head for p in parts]
+            v = sum(n * x for n, x in zip(w, vecs, strict=True)) / sum(w)
         else:
             v = sum(vecs) / len(vecs)
         if emb.window_pooling == "first+mean":

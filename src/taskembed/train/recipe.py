@@ -90,6 +90,7 @@ def write_config(recipe: dict, sources: dict, out: Path) -> None:
         "converted_from": "intfloat/multilingual-e5-small",
         "window_overlap": int(model.get("window_overlap", 0)),
         "window_pooling": str(model.get("window_pooling", "mean")),
+        "window_prefix": str(model.get("window_prefix", "repeat")),
     })
     cfg.validate()
     cfg.save(out / "config.json")
