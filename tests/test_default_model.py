@@ -91,7 +91,7 @@ def test_the_bundled_model_is_the_teacher_with_its_prefixes(emb, teacher):
     texts = [t for pair in BITEXT[:4] for t in pair] + [long]
     assert emb.tokenizer.count_tokens([long])[0] > 1024
     for task, prefix in (("retrieval.query", "query: "), ("retrieval.passage", "passage: "),
-                         ("text-matching", ""), ("separation", "query: ")):
+                         ("text-matching", "query: "), ("separation", "query: ")):
         assert emb.config.task_instructions[task] == prefix
         got = emb.encode(texts, task=task)
         cos = (got * _teacher_vectors(emb, teacher, texts, prefix)).sum(1)
