@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -204,6 +205,18 @@ async def offload(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(TOKENIZE_POOL, fn, *args)
 
 
+def text_job(emb: Embedder, ids: list[list[int]], task_ids: list[int], n_tokens: int, max_request_tokens: int,
+             param: str) -> tuple[Job, Callable[[torch.Tensor], torch.Tensor]]:
+    """The job for tokenised texts, after the per-request token cap, and the function that pools its answer
+    back to one vector per text (texts longer than a learned position table run as windows)."""
+    if n_tokens > max_request_tokens:
+        raise ApiError(413, f"the request has {n_tokens} tokens, more than the {max_request_tokens} allowed per "
+                            "request; split it", param, "request_too_large")
+    seqs, owner, weight = emb.split_windows(ids, task_ids)
+    job = Job(ids=seqs, task_ids=[task_ids[i] for i in owner])
+    return job, lambda vectors: emb.pool_windows(vectors, owner, weight, len(ids))
+
+
 async def tokenize(emb: Embedder, texts: list[str], max_length: int, truncate: bool, param: str,
                    hint: str = "") -> tuple[list[list[int]], int]:
     """Token ids (off the event loop when large) and their total; a too-long text is a 400.
@@ -385,12 +398,7 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
                                                " (the limit counts the task prefix and 2 special tokens; send "
                                                "truncate=true to cut)")
                 del prefixed
-                if n_tokens > s.max_request_tokens:
-                    raise ApiError(413, f"the request has {n_tokens} tokens, more than the {s.max_request_tokens} "
-                                        "allowed per request; split it", "input", "request_too_large")
-                # Texts longer than a learned position table run as windows, pooled back below.
-                windows = emb.split_windows(ids, task_ids)
-                job = Job(ids=windows[0], task_ids=[task_ids[i] for i in windows[1]])
+                job, pool = text_job(emb, ids, task_ids, n_tokens, s.max_request_tokens, "input")
             submit(batcher, job)
         finally:
             batcher.arriving -= 1
@@ -399,7 +407,7 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
         if vectors is None:  # the client is gone; nobody reads this
             return Response(status_code=499)
         if not late:
-            vectors = emb.pool_windows(vectors, windows[1], windows[2], len(ids))
+            vectors = pool(vectors)
         out = vectors[:, :dim]
         if req.normalized:
             out = torch.nn.functional.normalize(out, p=2, dim=-1)

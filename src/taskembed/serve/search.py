@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..index import VectorIndex
-from .app import BODY_ERROR_DOCS, bearer, submit, tokenize, wait_for_job
-from .batcher import Job
+from .app import BODY_ERROR_DOCS, bearer, submit, text_job, tokenize, wait_for_job
 from .errors import ApiError, json_response
 from .limits import check_chars, check_unicode
 
@@ -78,18 +77,14 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
             batcher.arriving += 1
             try:
                 ids, n_tokens = await tokenize(emb, prefixed, lim["max_length"], True, "query")
-                if n_tokens > s.max_request_tokens:
-                    raise ApiError(413, f"the request has {n_tokens} tokens, more than the {s.max_request_tokens} "
-                                        "allowed per request; split it", "query", "request_too_large")
-                windows = emb.split_windows(ids, task_ids)
-                job = Job(ids=windows[0], task_ids=[task_ids[i] for i in windows[1]])
+                job, pool = text_job(emb, ids, task_ids, n_tokens, s.max_request_tokens, "query")
                 submit(batcher, job)
             finally:
                 batcher.arriving -= 1
             vectors = await wait_for_job(job, request, batcher)
             if vectors is None:
                 return Response(status_code=499)
-            vectors = emb.pool_windows(vectors, windows[1], windows[2], len(ids))
+            vectors = pool(vectors)
             q = torch.nn.functional.normalize(vectors[:, : index.dimensions], p=2, dim=-1).numpy()
         results = await run_in_threadpool(index.search, q, req.k, req.rescore)
         data: list[dict[str, Any]] = [
