@@ -7,7 +7,6 @@ independently of ours; adapters are folded into its weights by hand here.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -276,25 +275,13 @@ OFFICIAL = Path(__file__).parent / "fixtures" / "official_absolute"
 
 def test_matches_the_official_code_with_learned_positions():
     """tests/fixtures/official_absolute: encode for every task and cut, and the per-row forward."""
-    meta = json.loads((OFFICIAL / "expected.json").read_text(encoding="utf-8"))
+    from official import official_diffs
+
     emb = taskembed.load(OFFICIAL)
     assert emb.config.position_embedding_type == "absolute"
     assert float(emb.model.embeddings.position_embeddings.lora_A.abs().max()) > 0  # there, and never applied
-    with np.load(OFFICIAL / "expected.npz") as want:
-        worst = 0.0
-        for task in [None, *meta["tasks"]]:
-            for dim in meta["truncate_dims"]:
-                key = f"{task or 'none'}|{dim or 'none'}"
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    got = emb.encode(meta["texts"], task=task, dimensions=dim)
-                worst = max(worst, float(np.abs(got - want[key]).max()))
-        assert worst <= 1e-5, worst
-        ids, mask = (torch.from_numpy(want[f"forward/{k}"]).long() for k in ("input_ids", "attention_mask"))
-        with torch.inference_mode():
-            hidden = emb.model(ids, mask, torch.from_numpy(want["forward/task_ids"]).long()).numpy()
-        real = want["forward/attention_mask"].astype(bool)
-        assert np.abs(hidden - want["forward/last_hidden_state"])[real].max() <= 1e-5
+    encode, forward = official_diffs(emb, OFFICIAL)
+    assert encode <= 1e-5 and forward <= 1e-5, (encode, forward)
 
 
 def test_official_absolute_checkpoint_round_trips(tmp_path):
