@@ -294,3 +294,16 @@ def test_official_absolute_checkpoint_round_trips(tmp_path):
         np.testing.assert_array_equal(after[k], v, err_msg=k)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["position_embedding_type"] == "absolute" and saved["max_position_embeddings"] == 1026
+
+
+@pytest.mark.parametrize("attr, value", [("window_pooling", "median"), ("window_prefix", "twice")])
+def test_unknown_window_settings_are_refused_on_every_path(absolute, attr, value):
+    before = getattr(absolute, attr)
+    setattr(absolute, attr, value)
+    try:
+        with pytest.raises(ValueError, match=f"{attr} {value!r} unknown"):
+            absolute.encode(["short"], task="separation")
+        with pytest.raises(ValueError, match=f"{attr} {value!r} unknown"):  # the server's path
+            absolute.split_windows([[0, 5, 2]], [absolute.tasks.index("separation")])
+    finally:
+        setattr(absolute, attr, before)

@@ -30,6 +30,8 @@ PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 # windows' mean-pooled vectors, "tokens" weights each window by its token count, "first+mean" adds the
 # first window's unit vector to the unit mean (the opening weighs as much as the whole text).
 WINDOW_POOLING = ("mean", "tokens", "first+mean")
+# "repeat": the task prefix opens every window; "once": it is read once, at the text's start.
+WINDOW_PREFIX = ("repeat", "once")
 DEFAULT_MAX_LENGTH = 8192
 # Upper bound on padded tokens per forward pass; one 8192-token text still runs alone.
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -112,7 +114,6 @@ class Embedder:
         # come from config.json when the model ships them (chosen on long-document dev checks).
         self.window_overlap = int(self.config.extra.get("window_overlap", 0))
         self.window_pooling = str(self.config.extra.get("window_pooling", "mean"))
-        # "repeat": the task prefix opens every window; "once": it is read once, at the text's start.
         self.window_prefix = str(self.config.extra.get("window_prefix", "repeat"))
         self._prefix_ids: dict[int, list[int]] = {}
         if self.device.type == "cpu":
@@ -258,6 +259,11 @@ class Embedder:
 
         Only models with a learned position table have such a limit; a rotary model reads whole texts.
         """
+        # Checked here, where encode() and the server both come through, not per caller.
+        if self.window_pooling not in WINDOW_POOLING:
+            raise ValueError(f"window_pooling {self.window_pooling!r} unknown; allowed: {', '.join(WINDOW_POOLING)}")
+        if self.window_prefix not in WINDOW_PREFIX:
+            raise ValueError(f"window_prefix {self.window_prefix!r} unknown; allowed: {', '.join(WINDOW_PREFIX)}")
         size = self.config.max_tokens
         if self.config.position_embedding_type != "absolute" or all(len(x) <= size for x in ids):
             return ids, list(range(len(ids))), [1.0] * len(ids)
@@ -434,10 +440,6 @@ class Embedder:
                 f"max_length={max_length} exceeds the model's max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
-        if self.window_pooling not in WINDOW_POOLING:
-            raise ValueError(f"window_pooling {self.window_pooling!r} unknown; allowed: {', '.join(WINDOW_POOLING)}")
-        if self.window_prefix not in ("repeat", "once"):
-            raise ValueError(f"window_prefix {self.window_prefix!r} unknown; allowed: repeat, once")
         if NO_TASK in task_ids and not self._warned_no_task:
             self._warned_no_task = True
             warnings.warn(

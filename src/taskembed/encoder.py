@@ -73,10 +73,11 @@ def position_ids(input_ids: Tensor, pad_id: int, seqlens: list[int] | None = Non
     real = input_ids.ne(pad_id).long()
     if seqlens is None:
         return torch.cumsum(real, dim=1) * real + pad_id
+    lens = torch.tensor(seqlens, device=input_ids.device)
     counts = torch.cumsum(real, dim=0)
-    ends = counts[torch.tensor(seqlens, device=input_ids.device).cumsum(0) - 1]
-    before = torch.cat([ends.new_zeros(1), ends[:-1]])
-    return (counts - torch.repeat_interleave(before, torch.tensor(seqlens, device=input_ids.device))) * real + pad_id
+    ends = counts[lens.cumsum(0) - 1]
+    before = torch.cat([ends.new_zeros(1), ends[:-1]])  # real tokens of the sequences in front
+    return (counts - torch.repeat_interleave(before, lens)) * real + pad_id
 
 
 class Embeddings(nn.Module):
@@ -109,7 +110,8 @@ class Embeddings(nn.Module):
         return x
 
     def tables(self) -> list[LoRAEmbedding]:
-        return [t for t in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings) if t]
+        tables = (self.word_embeddings, self.position_embeddings, self.token_type_embeddings)
+        return [t for t in tables if t is not None]
 
 
 # --- 2. Rotary position embedding ----------------------------------------------------------------

