@@ -56,11 +56,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, extra: list[str], threads: int) -> subprocess.Popen:
+def start_server(model: Path, port: int, extra: list[str], threads: int, timeout_s: float = 120) -> subprocess.Popen:
+    """`taskembed serve` in a subprocess on 127.0.0.1:port, returned once /health answers (serve_soak.py too)."""
     cmd = [sys.executable, "-m", "taskembed.cli", "serve", "--model", str(model), "--port", str(port),
-           "--log-level", "warning", "--threads", str(threads), "--max-inputs", "2048", *extra]
+           "--log-level", "warning", "--threads", str(threads), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read()}")
@@ -70,7 +71,7 @@ def start_server(model: Path, port: int, extra: list[str], threads: int) -> subp
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit("server did not start in 120 s")
+    raise SystemExit(f"server did not start in {timeout_s:.0f} s")
 
 
 def forward_rows(url: str) -> tuple[float, float]:
@@ -176,7 +177,7 @@ def main() -> int:
     try:
         for mode, extra in configs:
             port = free_port()
-            servers.append((mode, port, start_server(model, port, extra, args.threads)))
+            servers.append((mode, port, start_server(model, port, ["--max-inputs", "2048", *extra], args.threads)))
             asyncio.run(load(port, items[:16], 4, args.task, args.time_cap))  # warm-up
         lines = {mode: [] for mode, _ in configs}
         for c in args.concurrency:

@@ -26,7 +26,6 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from serve_load import start_server
 
 from taskembed.tiny import SAMPLE_TEXTS, make_tiny_embedder
 
@@ -52,23 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start(model: Path, port: int, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "taskembed.cli", "serve", "--model", str(model), "--port", str(port),
-           "--log-level", "warning", "--threads", str(threads), "--api-key", KEY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def request(kind: str, rng: random.Random, limits: dict) -> tuple[bytes, dict[str, str]]:
@@ -199,7 +182,7 @@ def main() -> int:
             make_tiny_embedder(seed=0, **SIZES[args.size]).save(model)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start(model, port, args.threads)
+        server = start_server(model, port, ["--api-key", KEY], args.threads, timeout_s=180)
         try:
             card = httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"][0]
             limits = {"max_tokens": card["max_tokens"], "max_request_tokens": card["max_request_tokens"]}

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import Gate  # noqa: E402
+from serve_helpers import Gate, start_server  # noqa: E402
 
 from taskembed import late_chunking  # noqa: E402
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
@@ -342,25 +342,10 @@ def test_concurrent_requests_share_forward_passes(tiny):
 # --- one real uvicorn: raw HTTP, the openai client, a dropped connection, graceful shutdown ------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny):
-    from taskembed.serve import server as srv_mod
-
     app = create_app(tiny, settings(api_keys=[KEY]))
-    port = _free_port()
-    srv = srv_mod.Server(srv_mod.config(app, "127.0.0.1", port, log_level="warning", shutdown_timeout_s=10), 10)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
+    srv, thread, port = start_server(app, wait_s=20)
     yield app, srv, thread, f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(15)
@@ -422,15 +407,8 @@ def test_uvicorn_raw_http_and_dropped_connection(server):
 
 
 def test_uvicorn_graceful_shutdown(tiny):
-    from taskembed.serve import server as srv_mod
-
     app = create_app(tiny, settings())
-    port = _free_port()
-    srv = srv_mod.Server(srv_mod.config(app, "127.0.0.1", port, log_level="warning", shutdown_timeout_s=10), 10)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
+    srv, thread, port = start_server(app)
     gate = Gate(app.state.batcher)
     result = {}
 

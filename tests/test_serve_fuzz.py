@@ -8,9 +8,6 @@ derandomised so a run is reproducible (well under a minute on a loaded 2-core ma
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
@@ -24,9 +21,9 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
+from serve_helpers import start_server  # noqa: E402
 
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
-from taskembed.serve import server as srv_mod  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 KEY = "fuzz-key"
@@ -50,16 +47,7 @@ def live(tiny, tmp_path_factory):
             index.build_index_from_arrays(tmp_path_factory.mktemp("fz") / "ix", x, kind="exact")))
     except ImportError:  # no usearch: the other routes are still fuzzed
         pass
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = srv_mod.Server(srv_mod.config(app, "127.0.0.1", port, log_level="warning", shutdown_timeout_s=5), 5)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
+    srv, thread, port = start_server(app, shutdown_timeout_s=5)
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(20)

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from serve_helpers import Gate  # noqa: E402
+from serve_helpers import Gate, start_server  # noqa: E402
 
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
 from taskembed.serve import server as srv_mod  # noqa: E402
@@ -126,25 +126,9 @@ def test_disconnect_stops_a_running_request_at_the_next_pass(tiny):
     assert app.state.metrics.cancelled._value.get() == 1
 
 
-def _start(app, shutdown_timeout_s: float = 10, read_timeout_s: float = 30):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = srv_mod.config(app, "127.0.0.1", port, log_level="warning", shutdown_timeout_s=shutdown_timeout_s,
-                         read_timeout_s=read_timeout_s)
-    srv = srv_mod.Server(cfg, shutdown_timeout_s)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    return srv, thread, port
-
-
 def test_shutdown_drains_then_answers_503_json(tiny):
     app = create_app(tiny, settings())
-    srv, thread, port = _start(app, shutdown_timeout_s=2)
+    srv, thread, port = start_server(app, shutdown_timeout_s=2)
     gate = Gate(app.state.batcher)
     results: dict[str, httpx.Response] = {}
 
@@ -186,7 +170,7 @@ def test_shutdown_drains_then_answers_503_json(tiny):
 
 def test_slow_headers_are_cut_off(tiny):
     app = create_app(tiny, settings())
-    srv, thread, port = _start(app, read_timeout_s=1)
+    srv, thread, port = start_server(app, read_timeout_s=1)
     try:
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
