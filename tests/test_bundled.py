@@ -59,14 +59,14 @@ def packages(tmp_path, monkeypatch):
     return sources, reference, tok
 
 
-def write_recipe(path: Path, sources: dict, pairs: int = 0) -> Path:
+def write_recipe(path: Path, sources: dict, pairs: int = 0, adapters: str = "") -> Path:
     lines = ['name = "tiny"']
     for section in ("backbone", "tokenizer"):
         lines.append(f"[{section}]")
         lines += [f'{k} = "{v}"' for k, v in sources[section].items()]
     lines += ["[model]", "matryoshka_dimensions = [8, 16, 32]", "window_overlap = 4",
               "[prefixes]", '"retrieval.query" = "query: "', '"retrieval.passage" = "passage: "',
-              "[reorder]", f"pairs = {pairs}", f'data = ["{SAMPLES}/pairs_*.jsonl"]', "max_length = 64"]
+              "[reorder]", f"pairs = {pairs}", f'data = ["{SAMPLES}/pairs_*.jsonl"]', "max_length = 64", adapters]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -115,6 +115,50 @@ def test_reorder_step_permutes_channels_exactly(packages, tmp_path):
     np.testing.assert_allclose(got, reference_encode(reference, tok, TEXTS, "query: ")[:, order], atol=1e-5)
 
 
+ADAPTERS = f"""[adapters.retrieval]
+data = ["{SAMPLES}/pairs_en.jsonl", "{SAMPLES}/pairs_de.jsonl"]
+steps = 3
+batch_size = 8
+max_length = 32
+lr = 1e-2
+bf16 = false
+dropout = 0.0
+matryoshka_dims = [8, 32]
+"""
+
+
+def test_adapters_step_ships_the_trained_slices_only(packages, tmp_path):
+    sources, reference, tok = packages
+    spec = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS), tmp_path / "tiny",
+                 work=tmp_path / "work")
+    prov = json.loads((spec / "provenance.json").read_text())
+    assert prov["steps"] == ["sources", "config", "adapters"]
+    assert prov["adapters"]["retrieval"]["steps"] == 3
+    assert prov["adapters"]["retrieval"]["settings"]["data"] == ["pairs_en.jsonl", "pairs_de.jsonl"]
+    from safetensors.torch import load_file
+
+    stored = load_file(str(spec / "adapters.safetensors"))
+    assert {k.split("/")[0] for k in stored} == {"retrieval.query", "retrieval.passage"}
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    emb = taskembed.load(spec)
+    # the trained run's own saved model (fp32) is what the assembled folder reproduces, up to fp16 factors
+    trained = taskembed.load(tmp_path / "work" / "adapters" / "retrieval")
+    for task in ("retrieval.query", "retrieval.passage"):
+        np.testing.assert_allclose(emb.encode(TEXTS, task=task), trained.encode(TEXTS, task=task), atol=2e-3)
+    # training moved the retrieval adapters, and only those: separation is still the base model
+    prefix = reference_encode(reference, tok, TEXTS, "query: ")
+    assert np.abs(emb.encode(TEXTS, task="retrieval.query") - prefix).max() > 1e-2
+    np.testing.assert_allclose(emb.encode(TEXTS, task="separation"), reference_encode(reference, tok, TEXTS),
+                               atol=1e-5)
+
+
+def test_release_adapters_need_fixed_steps(packages, tmp_path):
+    sources, _, _ = packages
+    recipe = write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS + 'keep_best = "dev"\n')
+    with pytest.raises(RecipeError, match="fixed steps"):
+        build(recipe, tmp_path / "tiny", work=tmp_path / "work")
+
+
 def test_changed_recipe_folder_builds_a_new_cache_entry(packages, tmp_path):
     sources, _, _ = packages
     spec = build(write_recipe(tmp_path / "r.toml", sources), tmp_path / "tiny")
@@ -146,3 +190,19 @@ def test_package_problems_are_clear_errors(packages, tmp_path):
     (tmp_path / "r2.toml").write_text('name="x"\n[oops]\n')
     with pytest.raises(RecipeError, match="unknown sections"):
         build(tmp_path / "r2.toml", tmp_path / "o")
+
+
+def test_data_step_reuses_a_folder_only_when_its_manifest_holds(tmp_path):
+    from taskembed.train.recipe import _built_data
+
+    rows = {"lohelp-title-en": b'{"query": "a", "positive": "b"}\n', "manpage-retrieval-de": b'{"query": "c"}\n'}
+    files = {}
+    for name, data in rows.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "source": name.split("-")[0]}
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
+    assert _built_data(tmp_path, ["lohelp", "manpage"])
+    assert not _built_data(tmp_path, ["lohelp"])  # other sources asked for
+    (tmp_path / "lohelp-title-en.jsonl").write_bytes(b"changed\n")
+    assert not _built_data(tmp_path, ["lohelp", "manpage"])
+    assert not _built_data(tmp_path / "absent", ["lohelp"])

