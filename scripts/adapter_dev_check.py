@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                 for d in dims:
                     r = run_task(t, cached, dimensions=d)
                     table.setdefault(f"{t.name}@{d or 'full'}", {})[name] = 100 * float(r["main_score"])
-                print(name, t.name, {k: round(v[name], 2) for k, v in table.items() if k.startswith(t.name)},
-                      flush=True)
+                print(name, t.name, {k.rsplit("@", 1)[1]: round(v[name], 2) for k, v in table.items()
+                                     if k.rsplit("@", 1)[0] == t.name}, flush=True)
     print("\n| task | size | " + " | ".join(models) + " |\n|---|---|" + "---|" * len(models))
     for key, scores in table.items():
         task, size = key.rsplit("@", 1)

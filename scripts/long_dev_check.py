@@ -41,7 +41,8 @@ def _text(fragment: str) -> str:
 
 
 def _clean_heading(h: str) -> str:
-    return re.sub(r"^[\dA-Z]+(\.\d+)*\.?\s*", "", _text(h).replace("\xa0", " ")).strip()
+    # section numbers: "1.2. ", "9 ", "A. ", "A.1. " (the capital of "Chapter" or "A Brief ..." stays)
+    return re.sub(r"^(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.)\s+", "", _text(h).replace("\xa0", " ")).strip()
 
 
 def read_pages(folder: Path) -> list[dict]:

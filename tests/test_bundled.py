@@ -152,6 +152,27 @@ def test_adapters_step_ships_the_trained_slices_only(packages, tmp_path):
                                atol=1e-5)
 
 
+def test_adapter_scale_reuses_the_finished_run_and_halves_the_update(packages, tmp_path):
+    sources, _, _ = packages
+    from safetensors.torch import load_file
+
+    full = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS), tmp_path / "a", work=tmp_path / "w")
+    first = load_file(str(full / "adapters.safetensors"))
+    half = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS + "scale = 0.5\n"), tmp_path / "b",
+                 work=tmp_path / "w")
+    prov = json.loads((half / "provenance.json").read_text())["adapters"]["retrieval"]
+    assert prov["reused_finished_run"] and prov["settings"]["scale"] == 0.5 and prov["last_loss"] is not None
+    second = load_file(str(half / "adapters.safetensors"))
+    assert first.keys() == second.keys()
+    for k, v in first.items():
+        expected = v.float() * (0.5 if k.endswith("lora_B") else 1.0)
+        torch.testing.assert_close(second[k].float(), expected, atol=1e-3, rtol=1e-3)
+    # other settings: trained again, not reused
+    other = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS.replace("steps = 3", "steps = 2")),
+                  tmp_path / "c", work=tmp_path / "w")
+    assert not json.loads((other / "provenance.json").read_text())["adapters"]["retrieval"]["reused_finished_run"]
+
+
 def test_release_adapters_need_fixed_steps(packages, tmp_path):
     sources, _, _ = packages
     recipe = write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS + 'keep_best = "dev"\n')

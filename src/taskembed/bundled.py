@@ -164,16 +164,18 @@ def assemble(spec: Path, out: Path) -> None:
             shutil.copy(spec / name, out / name)
 
 
-def adapter_tensors(model, tasks: list[str]) -> dict[str, torch.Tensor]:
-    """The named tasks' slices of every LoRA factor, fp16, for ADAPTERS_FILE."""
+def adapter_tensors(model, tasks: list[str], scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """The named tasks' slices of every LoRA factor, fp16, for ADAPTERS_FILE. `scale` multiplies each
+    adapter's update (its B factor): a weight average of the trained adapter and the no-op it started as."""
     from .checkpoint import _lora_module_names, to_official_name
 
     names, lora = model.config.lora_adaptations, _lora_module_names(model)
     out = {}
     for key, value in model.state_dict().items():
         if key.endswith(("lora_A", "lora_B")):
+            factor = scale if key.endswith("lora_B") else 1.0
             for task in tasks:
-                out[f"{task}/{to_official_name(key, lora)}"] = value[names.index(task)].detach().half().contiguous()
+                out[f"{task}/{to_official_name(key, lora)}"] = (factor * value[names.index(task)]).detach().half()
     return out
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import lzma
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,6 +164,24 @@ def _files(patterns: list[str], work: Path, section: str) -> list[str]:
     return files
 
 
+RUN_KEY_FILE = "recipe-run.key"
+
+
+def _run_key(train: dict, files: list[str]) -> str:
+    """The settings of an adapter run and its data files' sha256, hashed."""
+    named = {**train, "data": [(Path(f).name, hashlib.sha256(Path(f).read_bytes()).hexdigest()) for f in files]}
+    return hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_key(run_dir: Path) -> str | None:
+    try:
+        if (run_dir / "checkpoints").is_dir() and list((run_dir / "checkpoints").glob("*/final.pt")):
+            return (run_dir / RUN_KEY_FILE).read_text().strip()
+    except OSError:
+        pass
+    return None
+
+
 def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) -> dict:
     """Train each [adapters.TASK] on the assembled model (channels already in the shipped order) and keep
     the trained tasks' slices. Every setting is the table's: fixed steps, no selection during the build."""
@@ -184,17 +203,32 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             if table.get("keep_best") or table.get("max_seconds"):
                 raise RecipeError(f"[adapters.{task}]: a release build runs fixed steps (no keep_best, max_seconds)")
             files = _files(table["data"], work, f"adapters.{task}")
-            train = {**{k: v for k, v in table.items() if k != "instruction"}, "data": files, "eval_every": 0}
-            settings = {"model": tmp, "output": str(work / "adapters" / task), "device": "cpu", "train": train}
-            emb, history = run_adapters(settings, task, resume=False, log=log)
+            train = {**{k: v for k, v in table.items() if k not in ("instruction", "scale")}, "data": files,
+                     "eval_every": 0}
+            run_dir = work / "adapters" / task
+            settings = {"model": tmp, "output": str(run_dir), "device": "cpu", "train": train}
+            # A finished run of the same settings on the same data files (by sha256) is reused, as the data
+            # step reuses its files; anything else trains from scratch.
+            key = _run_key(train, files)
+            reuse = _read_key(run_dir) == key
+            if not reuse:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            emb, history = run_adapters(settings, task, resume=reuse, log=log)
+            if not reuse:
+                (run_dir / RUN_KEY_FILE).write_text(key + "\n")
             trained = ["retrieval.query", "retrieval.passage"] if task == "retrieval" else [task]
-            tensors.update(bundled.adapter_tensors(emb.model, trained))
+            tensors.update(bundled.adapter_tensors(emb.model, trained, float(table.get("scale", 1.0))))
             losses = [x for ph in history.values() for x in ph["losses"]]
+            losses_file = run_dir / "losses.json"
+            if not reuse:
+                losses_file.write_text(json.dumps(losses))
+            elif losses_file.is_file():
+                losses = json.loads(losses_file.read_text())
             report[task] = {"tasks": trained, "settings": {**table, "data": [Path(f).name for f in files]},
                             "data_sha256": {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()
                                             for f in files},
-                            "steps": len(losses), "first_loss": losses[0] if losses else None,
-                            "last_loss": losses[-1] if losses else None}
+                            "steps": int(table["steps"]), "reused_finished_run": reuse,
+                            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
             del emb
         load(tmp)  # the assembled base still loads: nothing above wrote into it
     save_file(tensors, str(target))
