@@ -86,16 +86,49 @@ def _teacher_vectors(emb, teacher, texts, prefix):
     return np.stack(out)
 
 
+def _trained_tasks() -> list[str]:
+    from safetensors import safe_open
+
+    from taskembed import bundled
+
+    path = Path(taskembed.__file__).parent / "models" / "taskembed-small" / bundled.ADAPTERS_FILE
+    if not path.is_file():
+        return []
+    with safe_open(str(path), "pt") as f:
+        return sorted({k.split("/")[0] for k in f.keys()})
+
+
+def _without_trained_adapters():
+    """A second copy of the bundled model with its trained adapters put back to the official no-op init."""
+    from taskembed.lora import LORA_MODULES
+
+    base = taskembed.load()
+    tasks = [base.config.lora_adaptations.index(t) for t in _trained_tasks()]
+    for m in base.model.modules():
+        if isinstance(m, LORA_MODULES):
+            for t in tasks:
+                m.reset_lora(t)
+    return base
+
+
 def test_the_bundled_model_is_the_teacher_with_its_prefixes(emb, teacher):
     long = " ".join(a for a, _ in BITEXT) * 12  # about 1,300 tokens: three windows
     texts = [t for pair in BITEXT[:4] for t in pair] + [long]
     assert emb.tokenizer.count_tokens([long])[0] > 1024
+    trained = _trained_tasks()
+    base = _without_trained_adapters()
     for task, prefix in (("retrieval.query", "query: "), ("retrieval.passage", "passage: "),
                          ("text-matching", "query: "), ("separation", "query: ")):
         assert emb.config.task_instructions[task] == prefix
-        got = emb.encode(texts, task=task)
-        cos = (got * _teacher_vectors(emb, teacher, texts, prefix)).sum(1)
+        want = _teacher_vectors(emb, teacher, texts, prefix)
+        cos = (base.encode(texts, task=task) * want).sum(1)
         assert cos.min() > 0.99999, (task, cos)
+        # a trained adapter moves the vectors, and only a little: it was trained from the teacher
+        cos = (emb.encode(texts, task=task) * want).sum(1)
+        if task in trained:
+            assert 0.9 < cos.min() and cos.max() < 0.99999, (task, cos)
+        else:
+            assert cos.min() > 0.99999, (task, cos)
 
 
 def test_translations_find_each_other_at_full_and_small_sizes(emb):
@@ -119,12 +152,18 @@ def test_untrained_adapters_are_the_base_with_the_task_prefix(emb):
     import warnings
 
     texts = [a for a, _ in BITEXT[:3]]
+    trained = _trained_tasks()
+    assert set(trained) <= set(emb.tasks)
     for task in emb.tasks:
         prefix = emb.config.task_instructions[task]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             base = emb.encode([prefix + t for t in texts], task=None)
-        np.testing.assert_allclose(emb.encode(texts, task=task), base, atol=1e-6)
+        got = emb.encode(texts, task=task)
+        if task in trained:
+            assert np.abs(got - base).max() > 1e-3, task
+        else:
+            np.testing.assert_allclose(got, base, atol=1e-6)
 
 
 def test_an_8k_token_document_is_embedded_by_its_topic(emb):
