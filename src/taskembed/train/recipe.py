@@ -6,7 +6,7 @@ The output is a recipe folder (see taskembed.bundled): it holds what the recipe 
 package files the backbone and tokenizer come from; `taskembed.load` assembles the full model from it. Steps:
 
   data        ([data] only = [...]) the training side of the allowed Debian sources, via
-              data/train/build_train_data.py, into WORK/data (its download cache is reused)
+              data/train/build_train_data.py, into WORK/data (kept when its manifest's sources and sha256 match)
   sources     the backbone and tokenizer files of the installed pinned packages, with their sha256; the
               tokenizer is copied into the folder (xz), so using the model needs only the backbone's package
   config      the backbone's config (learned positions kept) with the recipe's task prefixes, Matryoshka
@@ -14,7 +14,8 @@ package files the backbone and tokenizer come from; `taskembed.load` assembles t
   reorder     Matryoshka channel order measured on the recipe's (query, passage) pairs ([reorder] pairs > 0):
               an exact permutation, full-size scores unchanged
   adapters    ([adapters.TASK] tables) Stage III on the frozen backbone, a fixed number of steps each; the
-              trained tasks' LoRA slices go to adapters.safetensors (fp16), the other adapters stay no-ops
+              trained tasks' LoRA slices go to adapters.safetensors (fp16), times `scale`; the other adapters
+              stay no-ops. A finished run in WORK with the same settings and data sha256 is reused
   provenance  git commit, package versions and hashes, every resolved setting, steps run
 
 Nothing reads a previous release: the same recipe, packages and data give the same folder.
