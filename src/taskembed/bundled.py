@@ -179,12 +179,11 @@ def adapter_tensors(model, tasks: list[str], scale: float = 1.0) -> dict[str, to
     return out
 
 
-def put_adapters(model, tensors: dict[str, torch.Tensor], where: Path | str = ADAPTERS_FILE) -> list[str]:
-    """Write trained task slices (adapter_tensors' layout) into a model's LoRA factors; returns the tasks."""
+def put_adapters(model, tensors: dict[str, torch.Tensor], where: Path | str = ADAPTERS_FILE) -> None:
+    """Write trained task slices (adapter_tensors' layout) into a model's LoRA factors."""
     from .checkpoint import CheckpointError, from_official_name
 
     names, state = model.config.lora_adaptations, model.state_dict()
-    done = set()
     for key, value in tensors.items():
         task, _, name = key.partition("/")
         internal = from_official_name(name)
@@ -194,5 +193,3 @@ def put_adapters(model, tensors: dict[str, torch.Tensor], where: Path | str = AD
             raise CheckpointError(f"{where}: {key} matches no LoRA factor of this model (shape {tuple(value.shape)})")
         with torch.no_grad():
             state[internal][names.index(task)].copy_(value.float())
-        done.add(task)
-    return sorted(done)

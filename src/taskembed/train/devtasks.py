@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval.baselines import _truncate
 from ..eval.tasks import AUTO, MAIN_SCORE, Task, read_jsonl, run_task
 from .data import detect_kind
 from .synthetic import write_jsonl
@@ -152,11 +153,9 @@ class _FullSizeOnce:
         if todo:
             vecs = np.asarray(self.model.encode(todo, task=task, batch_size=batch_size, **kw), dtype=np.float32)
             self.cache.update(((task, t), v) for t, v in zip(todo, vecs, strict=True))
-        out = np.stack([self.cache[(task, t)] for t in texts]) if texts else np.zeros((0, 0), np.float32)
-        if dimensions is not None and out.size:
-            out = out[:, :dimensions]
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        return _truncate(np.stack([self.cache[(task, t)] for t in texts]), dimensions)
 
 
 def score_dev_tasks(tasks: Sequence[Task], model, adapter_override: str | None = AUTO,

@@ -168,9 +168,9 @@ def _files(patterns: list[str], work: Path, section: str) -> list[str]:
 RUN_KEY_FILE = "recipe-run.key"
 
 
-def _run_key(train: dict, files: list[str]) -> str:
+def _run_key(train: dict, data_sha256: dict[str, str]) -> str:
     """The settings of an adapter run and its data files' sha256, hashed."""
-    named = {**train, "data": [(Path(f).name, hashlib.sha256(Path(f).read_bytes()).hexdigest()) for f in files]}
+    named = {**train, "data": list(data_sha256.items())}
     return hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -210,7 +210,8 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             settings = {"model": tmp, "output": str(run_dir), "device": "cpu", "train": train}
             # A finished run of the same settings on the same data files (by sha256) is reused, as the data
             # step reuses its files; anything else trains from scratch.
-            key = _run_key(train, files)
+            data_sha256 = {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+            key = _run_key(train, data_sha256)
             reuse = _read_key(run_dir) == key
             if not reuse:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -226,8 +227,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             elif losses_file.is_file():
                 losses = json.loads(losses_file.read_text())
             report[task] = {"tasks": trained, "settings": {**table, "data": [Path(f).name for f in files]},
-                            "data_sha256": {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()
-                                            for f in files},
+                            "data_sha256": data_sha256,
                             "steps": int(table["steps"]), "reused_finished_run": reuse,
                             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
             del emb

@@ -119,7 +119,7 @@ def _train_config(ph: dict, output: Path) -> TrainConfig:
 
 def _set_dropout(model: torch.nn.Module, p: float | None) -> None:
     """Training-time dropout for every layer (None keeps the checkpoint's). A frozen backbone's adapters
-    train without it on CPU three times faster: attention dropout forces the slow attention kernel."""
+    train without it on CPU twice as fast: attention dropout forces the slow attention kernel."""
     if p is None:
         return
     for m in model.modules():
