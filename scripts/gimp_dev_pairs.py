@@ -3,11 +3,12 @@ adapter selection out of source (`taskembed train adapters --dev-data ...`). Dev
 
 Per language: (page title, the page's opening text) pairs; with --cross, (title in LANG, the English page
 of the same file) pairs; with --bitext, (title in LANG, the English title of the same page) pairs, for
-text-matching's bitext mining (untranslated titles left out). Pages are shuffled with a fixed seed, so the
-first N rows are a fair sample.
+text-matching's bitext mining (untranslated titles left out); with --clusters, (page opening, the section
+it sits in) labelled records, for separation's clustering (sections of at least 10 pages). Pages are
+shuffled with a fixed seed, so the first N rows are a fair sample.
 
     apt-get download gimp-help-en gimp-help-de ...; dpkg -x each .deb into ROOT
-    python scripts/gimp_dev_pairs.py ROOT OUT --langs en de ja --cross de ja --bitext de ja
+    python scripts/gimp_dev_pairs.py ROOT OUT --langs en de ja --cross de ja --bitext de ja --clusters en de ja
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 from long_dev_check import read_pages
+
+UP = re.compile(r'<link rel="up" href="([^"]+)"')
+NUMBER = re.compile(r"^\s*(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.)\s+")  # long_dev_check's section numbers
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -35,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--langs", nargs="*", default=["en", "de", "ja"])
     p.add_argument("--cross", nargs="*", default=[], help="languages whose titles also query the English pages")
     p.add_argument("--bitext", nargs="*", default=[], help="languages whose titles pair with the English titles")
+    p.add_argument("--clusters", nargs="*", default=[], help="languages whose pages are labelled by section")
+    p.add_argument("--cluster-chars", type=int, default=500, help="opening characters of a page to cluster")
     p.add_argument("--chars", type=int, default=1500, help="opening characters of a page kept as the passage")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     help_dir = Path(args.root) / "usr/share/gimp/2.0/help"
-    pages = {lang: read_pages(help_dir / lang) for lang in {*args.langs, *args.cross, *args.bitext, "en"}}
+    langs = {*args.langs, *args.cross, *args.bitext, *args.clusters, "en"}
+    pages = {lang: read_pages(help_dir / lang) for lang in langs}
     for lang in [*args.langs, *[f"{c}-en" for c in args.cross]]:
         q_lang = lang.split("-")[0]
         d_pages = {pg["id"]: pg for pg in pages["en" if lang.endswith("-en") else lang]}
@@ -56,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         rows = list({r["positive"]: r for r in rows}.values())
         random.Random(f"{args.seed}-bitext-{lang}").shuffle(rows)
         write(args.out / f"gimp-bitext-{lang}-en.jsonl", rows)
+    for lang in args.clusters:
+        rows = []
+        for pg in pages[lang]:  # the section is the page DocBook links as "up" (same file names in every language)
+            m = UP.search((help_dir / lang / pg["id"]).read_text(encoding="utf-8", errors="replace"))
+            if m and m.group(1) != "index.html":
+                text = NUMBER.sub("", pg["text"])  # "3.2.1. Blur": the numbering would give the section away
+                rows.append({"text": text[: args.cluster_chars], "label": m.group(1).removesuffix(".html")})
+        sizes = Counter(r["label"] for r in rows)
+        rows = [r for r in rows if sizes[r["label"]] >= 10]
+        random.Random(f"{args.seed}-clusters-{lang}").shuffle(rows)
+        write(args.out / f"gimp-cluster-{lang}.jsonl", rows)
     return 0
 
 
