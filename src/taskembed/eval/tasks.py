@@ -61,7 +61,6 @@ AUTO = "auto"
 
 RETRIEVAL_K = (1, 3, 5, 10, 100)
 LONG_KINDS = ("passkey", "needle")
-LONG_LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
 
 
 class Model(Protocol):

@@ -248,12 +248,11 @@ class ClassificationTuples:
 
     kind = "tuples"
 
-    def __init__(self, source: Source, num_negatives: int = 7, seed: int = 0, tuple_ids: bool = True,
-                 id_format: str = "{text} [{id}]") -> None:
+    def __init__(self, source: Source, num_negatives: int = 7, seed: int = 0) -> None:
         if source.kind != "labelled":
             raise DataError(f"{source.path}: classification tuples need labelled data, got {source.kind}")
         self.name, self.path = source.name, source.path
-        self.num_negatives, self.tuple_ids, self.id_format = num_negatives, tuple_ids, id_format
+        self.num_negatives = num_negatives
         self.by_label: dict[str, list[str]] = {}
         for _ in range(source.size):
             r = source.next()
@@ -274,10 +273,7 @@ class ClassificationTuples:
         others = [lab for lab in self.labels if lab != label]
         negs = [rng.choice(self.by_label[rng.choice(others)]) for _ in range(self.num_negatives)]
         self.counter += 1
-        if self.tuple_ids:
-            tid = f"{self.counter}"
-            q, p = self.id_format.format(text=q, id=tid), self.id_format.format(text=p, id=tid)
-            negs = [self.id_format.format(text=n, id=tid) for n in negs]
+        q, p, negs = f"{q} [{self.counter}]", f"{p} [{self.counter}]", [f"{n} [{self.counter}]" for n in negs]
         return {"query": q, "positive": p, "negatives": negs}
 
     def state_dict(self) -> dict:
@@ -390,17 +386,3 @@ class BatchStream:
         for s in self.sources:
             s.load_state_dict(state["sources"][s.name])
         self.batches_served = int(state["batches_served"])
-
-
-def open_sources(paths: Sequence[str | Path], filter_overlap: bool = False, num_negatives: int | None = None,
-                 classification: bool = False, seed: int = 0, tuple_ids: bool = True) -> list:
-    """Sources for a list of files; labelled files become classification tuples when `classification`."""
-    out = []
-    for i, p in enumerate(paths):
-        src = Source(p, filter_overlap=filter_overlap, num_negatives=num_negatives)
-        if classification and src.kind == "labelled":
-            out.append(ClassificationTuples(src, num_negatives=num_negatives or 7, seed=seed + i,
-                                            tuple_ids=tuple_ids))
-        else:
-            out.append(src)
-    return out

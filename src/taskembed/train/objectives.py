@@ -31,11 +31,9 @@ class Contrastive:
     contrastive = True
 
     def __init__(self, config: EncoderConfig, query_task: int = -1, doc_task: int = -1, tau: float = 0.05,
-                 dims: Sequence[int] | None = None, weights: Sequence[float] | None = None,
-                 tau_by_kind: dict[str, float] | None = None) -> None:
+                 dims: Sequence[int] | None = None, weights: Sequence[float] | None = None) -> None:
         self.query_task, self.doc_task = query_task, doc_task
         self.tau = tau
-        self.tau_by_kind = dict(tau_by_kind or {})
         names = config.lora_adaptations
         instr = config.task_instructions
         self.prefix = {t: (instr.get(names[t], "") if t >= 0 else "") for t in {query_task, doc_task}}
@@ -67,7 +65,7 @@ class Contrastive:
         return texts, tasks, k or 0
 
     def loss(self, reps: Tensor, kind: str, records: list[dict]) -> Tensor:
-        tau = self.tau_by_kind.get(kind, self.tau)
+        tau = self.tau
         fn = self.losses[kind]
         if kind == "pairs":
             return fn(reps[:, 0], reps[:, 1], tau=tau)

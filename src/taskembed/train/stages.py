@@ -178,8 +178,7 @@ def _sources(files: list[str], ph: dict, accept: tuple[str, ...], classification
         if src.kind not in accept:
             raise ValueError(f"{f}: {src.kind} data cannot train this stage/adapter (accepts: {', '.join(accept)})")
         if classification and src.kind == "labelled":
-            src = ClassificationTuples(src, num_negatives=int(ph["num_negatives"] or 7), seed=int(ph["seed"]) + i,
-                                       tuple_ids=bool(ph.get("tuple_ids", True)))
+            src = ClassificationTuples(src, num_negatives=int(ph["num_negatives"] or 7), seed=int(ph["seed"]) + i)
         out.append(src)
     return out
 

@@ -159,11 +159,6 @@ def tiny_embedder(topics: Topics, seed: int = 0, lora: bool = False, **overrides
 # --- metrics (numpy only, so tests need no extra) --------------------------------------------------
 
 
-def recall_at_1(queries: np.ndarray, docs: np.ndarray) -> float:
-    """Query i's gold document is docs[i]; vectors are unit length."""
-    return float(np.mean(np.argmax(queries @ docs.T, axis=1) == np.arange(len(queries))))
-
-
 def mrr(queries: np.ndarray, docs: np.ndarray, gold: list[int] | None = None) -> float:
     s = queries @ docs.T
     gold = list(range(len(queries))) if gold is None else gold
