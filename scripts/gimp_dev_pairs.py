@@ -14,7 +14,6 @@ shuffled with a fixed seed, so the first N rows are a fair sample.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -23,14 +22,14 @@ from pathlib import Path
 
 from long_dev_check import read_pages
 
+from taskembed.io import write_jsonl
+
 UP = re.compile(r'<link rel="up" href="([^"]+)"')
 NUMBER = re.compile(r"^\s*(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.)\s+")  # long_dev_check's section numbers
 
 
 def write(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(path, rows)
     print(f"{path}: {len(rows)} pairs", file=sys.stderr)
 
 

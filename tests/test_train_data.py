@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from taskembed.io import write_jsonl
 from taskembed.train.data import (
     BatchStream,
     ClassificationTuples,
@@ -16,7 +17,6 @@ from taskembed.train.data import (
     detect_kind,
     too_much_overlap,
 )
-from taskembed.train.synthetic import write_jsonl
 
 
 def test_detect_kind():

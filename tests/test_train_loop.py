@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from taskembed.io import write_jsonl
 from taskembed.lora import lora_parameters
 from taskembed.train.data import BatchStream, Source
 from taskembed.train.loop import TrainConfig, Trainer
 from taskembed.train.objectives import MLM, Contrastive, LMHead
-from taskembed.train.synthetic import Topics, tiny_embedder, write_jsonl
+from taskembed.train.synthetic import Topics, tiny_embedder
 
 TOPICS = Topics.make(n_topics=8, seed=3)
 

@@ -6,7 +6,6 @@ per row -> masked mean pooling in fp32 -> Matryoshka cut -> L2 normalise -> quan
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -21,6 +20,7 @@ from torch import Tensor
 from .allocator import tune_cpu_allocator
 from .config import EncoderConfig
 from .encoder import Encoder
+from .io import read_jsonl
 from .lora import NO_TASK, quantize_int8, record_input_absmax
 from .tokenizer import Tokenizer, TokenizerError
 
@@ -66,8 +66,7 @@ def windows(ids: list[int], size: int, head: int = 0, overlap: int = 0) -> list[
 
 def sample_texts() -> list[str]:
     """The multilingual sample passages that ship with the package (30 texts, 14 languages)."""
-    with open(SAMPLE_CORPUS, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    return [r["text"] for r in read_jsonl(SAMPLE_CORPUS)]
 
 
 def quantize(emb: np.ndarray, precision: str) -> np.ndarray:

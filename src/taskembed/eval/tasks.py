@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from taskembed.eval import metrics
+from taskembed.io import read_jsonl
 
 TASK_TYPES = (
     "retrieval",
@@ -90,11 +91,6 @@ class Task:
     @property
     def languages(self) -> list[str]:
         return list(self.meta.get("languages", []))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def load_task(path: str | Path) -> Task:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..eval.baselines import _truncate
-from ..eval.tasks import AUTO, MAIN_SCORE, Task, read_jsonl, run_task
+from ..eval.tasks import AUTO, MAIN_SCORE, Task, run_task
+from ..io import read_jsonl, write_jsonl
 from .data import detect_kind
-from .synthetic import write_jsonl
 
 # adapter kind -> the suite's task types it serves, in the order a dev task is made from a file
 DEV_TYPES: dict[str, tuple[str, ...]] = {

@@ -25,9 +25,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io import write_jsonl
 from .distill import insert_sentence, long_samples, read_texts
 from .scored import read_translations
-from .synthetic import write_jsonl
 
 
 def read_pairs(paths: Sequence[str | Path], max_chars: int = 200) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..embedder import Embedder
+from ..io import read_jsonl
 
 ORDER_FILE = "channel_order.json"
 
@@ -77,9 +78,7 @@ def read_pairs(files: Sequence[str | Path], n: int, seed: int = 0) -> list[tuple
     per_file = max(1, -(-n // max(1, len(files))))
     pairs: list[tuple[str, str]] = []
     for f in sorted(map(str, files)):
-        with open(f, encoding="utf-8") as fh:
-            recs = [json.loads(line) for line in fh if line.strip()]
-        recs = [(r["query"], r["positive"]) for r in recs if r.get("query") and r.get("positive")]
+        recs = [(r["query"], r["positive"]) for r in read_jsonl(f) if r.get("query") and r.get("positive")]
         rng.shuffle(recs)
         pairs += recs[:per_file]
     if len(pairs) < 2:

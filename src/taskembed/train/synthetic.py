@@ -7,11 +7,9 @@ word sets together, which a 2-layer, 64-wide model learns within a few dozen ste
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
@@ -110,15 +108,6 @@ class Topics:
     def raw(self, n: int, seed: int) -> list[dict]:
         rng = random.Random(seed)
         return [{"text": self.sentence(rng.randrange(self.n), rng, n=rng.randint(5, 9))} for _ in range(n)]
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
 
 
 # Short retrieval prefixes for the toy model, one token each, so short max_lengths keep the text.

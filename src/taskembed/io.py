@@ -1,0 +1,33 @@
+"""Reading and writing JSON Lines: training data, evaluation tasks, corpora, development files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, blank lines skipped; a bad line names the file and line number."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not a JSON record ({e.msg})") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write records one per line (UTF-8, not ASCII-escaped), creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
