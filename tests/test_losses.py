@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,3 +171,39 @@ def test_whole_word_masking_masks_whole_words():
         for w in words:
             flags = {bool(picked[r, t]) for t in w}
             assert len(flags) == 1, (r, w)
+
+
+def _naive_anchor(reps: np.ndarray, base: np.ndarray, tau: float) -> float:
+    x, y = reps.reshape(-1, reps.shape[-1]), base.reshape(-1, base.shape[-1])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    total = 0.0
+    for i in range(len(x)):
+        others = [j for j in range(len(x)) if j != i]
+        pm = np.exp([x[i] @ x[j] / tau for j in others])
+        pb = np.exp([y[i] @ y[j] / tau for j in others])
+        pm, pb = pm / pm.sum(), pb / pb.sum()
+        total += float(np.sum(pb * np.log(pb / pm)))
+    return total / len(x)
+
+
+def test_similarity_anchor_against_a_naive_kl():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 2, 12, generator=g, dtype=torch.float64)
+    reps = base + 0.5 * torch.randn(5, 2, 12, generator=g, dtype=torch.float64)
+    got = float(losses.similarity_anchor(reps, base, tau=0.1))
+    assert got == pytest.approx(_naive_anchor(reps.numpy(), base.numpy(), 0.1), rel=1e-5)
+    assert got > 0.01
+
+
+def test_similarity_anchor_is_blind_to_rotation_and_scale_only():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, 2, 8, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))  # orthogonal: every cosine unchanged
+    assert float(losses.similarity_anchor(3.0 * base @ q, base)) == pytest.approx(0.0, abs=1e-4)
+    shuffled = base[torch.randperm(6, generator=g)]  # other texts in the same slots: a different ranking
+    assert float(losses.similarity_anchor(shuffled, base)) > 0.1
+    reps = base.clone().requires_grad_(True)
+    anchor_base = base.clone().requires_grad_(True)
+    losses.similarity_anchor(reps + 0.1, anchor_base).backward()
+    assert reps.grad is not None and anchor_base.grad is None  # the base side is a fixed target

@@ -149,6 +149,32 @@ def test_text_matching_adapter_improves_sts(toy):
     assert after > before + 0.2, (before, after)
 
 
+def test_anchor_holds_the_base_full_size_ranking(toy):
+    """With the anchor the trained adapter changes the full-size similarities of held-out texts much less
+    than without it, and still changes the short cut (the Matryoshka term is free to move it)."""
+    d, _ = toy
+    base = taskembed.load(d / "base")
+    rng = random.Random(11)
+    texts = [TOPICS.query(t % 8, rng) if t % 2 else TOPICS.passage(t % 8, rng) for t in range(48)]
+
+    def sims(emb, dims=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            v = emb.encode(texts, task="retrieval.passage", dimensions=dims)
+        return v @ v.T
+
+    drift = {}
+    for anchor in (0.0, 20.0):
+        out = f"adapter-anchor-{anchor:g}"
+        stages.run_adapters(_settings(toy, "base", out, ["pairs"], matryoshka_dims=[8, 32], anchor=anchor),
+                            "retrieval.passage", resume=False)
+        trained = taskembed.load(d / out)
+        drift[anchor] = (np.abs(sims(trained) - sims(base)).mean(), np.abs(sims(trained, 8) - sims(base, 8)).mean())
+    (free_full, _), (held_full, held_cut) = drift[0.0], drift[20.0]
+    assert held_full < 0.5 * free_full, drift
+    assert held_cut > 2 * held_full, drift
+
+
 def test_contrastive_stages_bucket_rows_by_length_under_max_tokens(toy, monkeypatch):
     d, _ = toy
     emb = taskembed.load(d / "base")

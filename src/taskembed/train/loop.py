@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..embedder import mean_pool
-from ..lora import LORA_MODULES
+from ..lora import LORA_MODULES, NO_TASK
 from . import dist
 from .data import Batch, BatchStream
 from .objectives import pad
@@ -219,10 +219,18 @@ class Trainer:
         local, _ = self._local(batch.records, exact=True)
         texts, tasks, k = self.objective.texts(batch.kind, local)
         chunks = self._chunks(len(texts))
+        base = None
+        if getattr(self.objective, "needs_base", False):  # the same texts through the frozen base weights
+            training = self.model.training
+            self.model.eval()  # the reference is the base as it serves: no dropout, no RNG drawn
+            with torch.no_grad():
+                parts = [self.embed(texts[c], [NO_TASK] * (c.stop - c.start), count=False) for c in chunks]
+            self.model.train(training)
+            base = dist.gather(torch.cat(parts)).view(len(batch.records), k, -1)
         if len(chunks) == 1:
             reps = self.embed(texts, tasks)
             full = dist.gather(reps).view(len(batch.records), k, -1)
-            loss = self.objective.loss(full, batch.kind, batch.records)
+            loss = self.objective.loss(full, batch.kind, batch.records, base=base)
             loss.backward()
             return float(loss.detach())
         # GradCache: 1) embed every chunk without a graph, remembering the RNG state (dropout) of each;
@@ -235,7 +243,7 @@ class Trainer:
         # 2) the loss and its gradient w.r.t. the embeddings on the full (gathered) batch;
         reps = torch.cat(parts).detach().requires_grad_(True)
         full = dist.gather(reps).view(len(batch.records), k, -1)
-        loss = self.objective.loss(full, batch.kind, batch.records)
+        loss = self.objective.loss(full, batch.kind, batch.records, base=base)
         loss.backward()
         cached = reps.grad
         # 3) re-run each chunk with a graph, replaying its RNG state, and push the cached gradient through.

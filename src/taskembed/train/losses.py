@@ -31,6 +31,22 @@ def info_nce(q: Tensor, p: Tensor, tau: float = 0.05, bidirectional: bool = True
     return loss
 
 
+def similarity_anchor(reps: Tensor, base: Tensor, tau: float = 0.05) -> Tensor:
+    """KL(base || model) of each text's softmax over its cosines to every other text of the batch.
+
+    reps, base: (..., d), the same texts embedded by the model in training and by the frozen base model.
+    Zero while the model ranks the batch as the base does; a rotation of the whole space costs nothing, so
+    shorter Matryoshka cuts can be reorganised while the full-size ranking is held.
+    """
+    x, y = reps.reshape(-1, reps.shape[-1]), base.reshape(-1, base.shape[-1]).detach()
+    self_pair = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    log_model = F.log_softmax((cos_sim(x, x) / tau).masked_fill(self_pair, float("-inf")), dim=-1)
+    log_base = F.log_softmax((cos_sim(y, y) / tau).masked_fill(self_pair, float("-inf")), dim=-1)
+    p_base = log_base.exp()
+    kl = p_base * (log_base - log_model)
+    return kl.masked_fill(self_pair, 0.0).sum(-1).mean()
+
+
 def info_nce_hard(q: Tensor, p: Tensor, negatives: Tensor, tau: float = 0.05) -> Tensor:
     """Eq. 3 (L_triplet): every positive and every hard negative of the batch sit in each query's denominator,
     plus the reverse term (positive -> its query among all queries).

@@ -25,15 +25,20 @@ class Contrastive:
     CoSENT; labelled -> the separation loss (Eq. 5). Each wrapped in Matryoshka over `dims`.
 
     query_task / doc_task: the adapter index of a record's first text and of the others (-1 = base
-    weights). Texts get their task's instruction prefix.
+    weights). Texts get their task's instruction prefix. anchor > 0 adds that weight times
+    `losses.similarity_anchor` at full size against the base weights' embeddings of the same texts (the
+    trainer computes them when `needs_base`).
     """
 
     contrastive = True
 
     def __init__(self, config: EncoderConfig, query_task: int = -1, doc_task: int = -1, tau: float = 0.05,
-                 dims: Sequence[int] | None = None, weights: Sequence[float] | None = None) -> None:
+                 dims: Sequence[int] | None = None, weights: Sequence[float] | None = None,
+                 anchor: float = 0.0) -> None:
         self.query_task, self.doc_task = query_task, doc_task
-        self.tau = tau
+        self.tau, self.anchor = tau, float(anchor)
+        if self.anchor < 0:
+            raise ValueError(f"anchor must be >= 0, got {anchor}")
         names = config.lora_adaptations
         instr = config.task_instructions
         self.prefix = {t: (instr.get(names[t], "") if t >= 0 else "") for t in {query_task, doc_task}}
@@ -64,7 +69,19 @@ class Contrastive:
                 tasks.append(task)
         return texts, tasks, k or 0
 
-    def loss(self, reps: Tensor, kind: str, records: list[dict]) -> Tensor:
+    @property
+    def needs_base(self) -> bool:
+        return self.anchor > 0
+
+    def loss(self, reps: Tensor, kind: str, records: list[dict], base: Tensor | None = None) -> Tensor:
+        main = self._loss(reps, kind, records)
+        if not self.needs_base:
+            return main
+        if base is None:
+            raise ValueError("anchor > 0 needs the base model's embeddings of the batch")
+        return main + self.anchor * losses.similarity_anchor(reps, base, tau=self.tau)
+
+    def _loss(self, reps: Tensor, kind: str, records: list[dict]) -> Tensor:
         tau = self.tau
         fn = self.losses[kind]
         if kind == "pairs":

@@ -36,6 +36,7 @@ COMMON = dict(
     tau=0.05, matryoshka_dims=None, matryoshka_weights=None, filter_overlap=False, num_negatives=None,
     mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None, max_seconds=0.0,
     freeze_word_embeddings=False, dev_data=None, dev_size=150, dev_dims=None, keep_best="", dropout=None,
+    anchor=0.0,
 )
 
 STAGE_DEFAULTS = {
@@ -395,7 +396,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
         obj = Contrastive(cfg, q_task, d_task, tau=float(ph["tau"]), dims=_dims(ph, emb),
-                          weights=ph["matryoshka_weights"])
+                          weights=ph["matryoshka_weights"], anchor=float(ph["anchor"]))
         sources = _sources(ph["data"], ph, ACCEPTS[kind], classification=kind == "classification")
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
                  "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, Path(settings["output"]), log)}
