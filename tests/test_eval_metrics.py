@@ -243,3 +243,12 @@ def test_retrieval_against_pytrec_eval(seed):
         for name, key in (("ndcg", "ndcg_cut"), ("map", "map_cut"), ("recall", "recall")):
             expected = np.mean([ref[q][f"{key}_{k}"] for q in ref])
             assert ours[f"{name}_at_{k}"] == pytest.approx(expected, abs=1e-9), (name, k)
+
+
+def test_paired_mrr_hand_computed():
+    q = np.array([[1.0, 0], [1.0, 0.1], [0, 1.0]])
+    d = np.array([[1.0, 0], [0.8, 0.6], [0, 1.0]])  # query 1's gold (doc 1, 0.86) loses to doc 0 (1.0)
+    assert metrics.paired_mrr(q, d) == pytest.approx((1 + 1 / 2 + 1) / 3)
+    assert metrics.paired_mrr(q, d, gold=[0, 0, 2]) == pytest.approx(1.0)
+    assert metrics.paired_mrr(q, d, gold=[2, 1, 0]) == pytest.approx((1 / 3 + 1 / 2 + 1 / 3) / 3)
+    assert metrics.paired_mrr(q[:1], np.array([[1.0, 0], [1.0, 0]]), gold=[1]) == 1.0  # a tie ranks the gold first

@@ -15,12 +15,13 @@ from safetensors.torch import load_file, save_file
 
 import taskembed
 import taskembed.cli
+from taskembed.eval.metrics import spearman
 from taskembed.io import write_jsonl
 from taskembed.train import stages
 from taskembed.train.cli import main as train_main
 from taskembed.train.convert import main as convert_main
 from taskembed.train.objectives import MLM, LMHead
-from taskembed.train.synthetic import Topics, spearman, tiny_embedder, topic_retrieval
+from taskembed.train.synthetic import Topics, tiny_embedder, topic_retrieval
 
 TOPICS = Topics.make(n_topics=8, seed=3)
 HELD_OUT = range(100, 104)  # seeds of held-out texts; training data uses seeds < 10

@@ -146,6 +146,15 @@ def average_precision(labels: Sequence[int] | np.ndarray, scores: Sequence[float
     return float(np.sum((recall - prev) * precision))
 
 
+def paired_mrr(queries: np.ndarray, docs: np.ndarray, gold: Sequence[int] | None = None) -> float:
+    """Mean reciprocal rank of each query's gold document (docs[i] for query i by default) among all docs;
+    unit vectors. Ties rank the gold first."""
+    s = np.asarray(queries) @ np.asarray(docs).T
+    gold = np.arange(len(s)) if gold is None else np.asarray(gold)
+    ranks = (s > s[np.arange(len(s)), gold][:, None]).sum(1) + 1
+    return float(np.mean(1.0 / ranks))
+
+
 def reranking_scores(samples: Sequence[tuple[np.ndarray, np.ndarray]], mrr_k: int = 10) -> dict[str, float]:
     """MTEB reranking: per sample (similarities, 0/1 labels) -> AP and MRR@k over the candidates, mean.
 

@@ -231,7 +231,7 @@ def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int, kind: str | None
 
 
 def _pair_check(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int], dict]:
-    from .synthetic import mrr, spearman
+    from ..eval.metrics import paired_mrr, spearman
 
     src = Source(ph["eval_data"])
     records = [src.next() for _ in range(min(src.size, 2000))]
@@ -243,7 +243,7 @@ def _pair_check(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[
 
     def run(step: int) -> dict:
         if src.kind in ("pairs", "tuples"):
-            return {"mrr": mrr(encode([r["query"] for r in records], q_task),
+            return {"mrr": paired_mrr(encode([r["query"] for r in records], q_task),
                                encode([r["positive"] for r in records], d_task))}
         if src.kind == "scored":
             a = encode([r["text1"] for r in records], q_task)

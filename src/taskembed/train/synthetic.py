@@ -11,13 +11,13 @@ import random
 import string
 from dataclasses import dataclass
 
-import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
 from ..embedder import Embedder
 from ..encoder import Encoder
+from ..eval.metrics import paired_mrr
 from ..tiny import SPECIALS, randomize_lora, tiny_config
 from ..tokenizer import Tokenizer
 
@@ -145,31 +145,6 @@ def tiny_embedder(topics: Topics, seed: int = 0, lora: bool = False, **overrides
     return Embedder(model, tok)
 
 
-# --- metrics (numpy only, so tests need no extra) --------------------------------------------------
-
-
-def mrr(queries: np.ndarray, docs: np.ndarray, gold: list[int] | None = None) -> float:
-    s = queries @ docs.T
-    gold = list(range(len(queries))) if gold is None else gold
-    ranks = [(s[i] > s[i, g]).sum() + 1 for i, g in enumerate(gold)]
-    return float(np.mean(1.0 / np.array(ranks)))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def rank(x):
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        # Ties share their mean rank.
-        for v in np.unique(x):
-            idx = x == v
-            r[idx] = r[idx].mean()
-        return r
-    ra, rb = rank(np.asarray(a, float)), rank(np.asarray(b, float))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / np.sqrt((ra**2).sum() * (rb**2).sum()))
-
-
 def topic_retrieval(emb: Embedder, topics: Topics, seed: int, q_task=None, d_task=None, n: int | None = None) -> float:
     """MRR of one query per topic against one passage per topic (held-out texts from `seed`)."""
     rng = random.Random(seed)
@@ -182,4 +157,4 @@ def topic_retrieval(emb: Embedder, topics: Topics, seed: int, q_task=None, d_tas
         warnings.simplefilter("ignore")
         qv = emb.encode(qs, task=q_task)
         dv = emb.encode(ds, task=d_task)
-    return mrr(qv, dv)
+    return paired_mrr(qv, dv)
