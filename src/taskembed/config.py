@@ -12,21 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS: tuple[str, ...] = (
-    "retrieval.query",
-    "retrieval.passage",
-    "separation",
-    "classification",
-    "text-matching",
-)
-
-TASK_INSTRUCTIONS: dict[str, str] = {
-    "retrieval.query": "Represent the query for retrieving evidence documents: ",
-    "retrieval.passage": "Represent the document for retrieval: ",
-    "separation": "",
-    "classification": "",
-    "text-matching": "",
-}
+from .adapters import TASK_INSTRUCTIONS, TASKS
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # rotary: jina-embeddings-v3 (no position table). absolute: XLM-R's learned table, position ids counted

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from taskembed.adapters import TASK_ADAPTERS
 from taskembed.eval import metrics
 from taskembed.io import read_jsonl
 
@@ -35,17 +36,6 @@ TASK_TYPES = (
 
 # (query-side adapter, document-side adapter) per task type, as MTEB's jina-embeddings-v3 entry maps them
 # (spec §2.5); long retrieval uses text-matching as the paper's LongEmbed run did.
-TASK_ADAPTERS: dict[str, tuple[str | None, str | None]] = {
-    "retrieval": ("retrieval.query", "retrieval.passage"),
-    "long_retrieval": ("text-matching", "text-matching"),
-    "reranking": ("separation", "separation"),
-    "clustering": ("separation", "separation"),
-    "classification": ("classification", "classification"),
-    "pair_classification": ("classification", "classification"),
-    "sts": ("text-matching", "text-matching"),
-    "bitext_mining": ("text-matching", "text-matching"),
-}
-
 MAIN_SCORE: dict[str, str] = {
     "retrieval": "ndcg_at_10",
     "long_retrieval": "ndcg_at_10",

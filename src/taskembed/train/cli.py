@@ -12,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from ..adapters import KINDS
 from .data import DataError
 
 STAGES = ("mlm", "pairs", "adapters")
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the start included")
     p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")
     p.add_argument("--instruction", help="adapters: instruction prefix of the task (new tasks; default none)")
-    p.add_argument("--objective", choices=["retrieval", "text-matching", "classification", "separation"],
+    p.add_argument("--objective", choices=[k.name for k in KINDS],
                    help="adapters: the loss family (default: from the task name; text-matching for new tasks)")
     p.add_argument("--steps", type=int, help="steps per phase")
     p.add_argument("--batch-size", type=int, help="global batch size (rows)")

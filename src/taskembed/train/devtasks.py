@@ -2,7 +2,7 @@
 training-side records that training does not read (``data/train/sample_subset.py --dev``), and scored by
 the suite's code (``eval.tasks.run_task``), so a run can keep the adapter state that scores best.
 
-An adapter is checked on the task types it serves in the suite (``eval.tasks.TASK_ADAPTERS``): a
+An adapter is checked on the task types it serves in the suite (``adapters.KINDS``): a
 classification adapter on classification and pair classification, separation on clustering and reranking.
 The suite's hard negatives (same help page, same application module) have no counterpart in the training
 files, so negatives here are the nearest other texts by the frozen base model: without them pair
@@ -19,18 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adapters import KINDS
 from ..eval.baselines import _truncate
 from ..eval.tasks import AUTO, MAIN_SCORE, Task, run_task
 from ..io import read_jsonl, write_jsonl
 from .data import detect_kind
 
 # adapter kind -> the suite's task types it serves, in the order a dev task is made from a file
-DEV_TYPES: dict[str, tuple[str, ...]] = {
-    "retrieval": ("retrieval",),
-    "classification": ("classification", "pair_classification"),
-    "separation": ("clustering", "reranking"),
-    "text-matching": ("bitext_mining", "sts"),
-}
+DEV_TYPES: dict[str, tuple[str, ...]] = {k.name: k.serves for k in KINDS}
 # which record kind each task type is made from
 _FROM = {"classification": "labelled", "clustering": "labelled", "pair_classification": "pairs",
          "reranking": "pairs", "retrieval": "pairs", "bitext_mining": "pairs", "sts": "scored"}
@@ -113,7 +109,7 @@ def build_dev_tasks(files: Sequence[str | Path], kind: str, out: str | Path, enc
         if rkind == "tuples":  # its query and positive are a pair; the hard negatives are not needed here
             rkind = "pairs"
         for ttype in DEV_TYPES[kind]:
-            if _FROM[ttype] != rkind:
+            if _FROM.get(ttype) != rkind:  # long_retrieval is made by no record kind
                 continue
             rng = random.Random(f"{seed}-{f.name}-{ttype}")
             if rkind == "labelled":

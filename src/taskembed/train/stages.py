@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import KINDS, kind_of
 from ..checkpoint import load
 from ..embedder import Embedder
 from ..lora import lora_parameters
@@ -47,35 +48,19 @@ STAGE_DEFAULTS = {
     "adapters": dict(phases=[{"name": "adapter"}]),
 }
 
-# Table A1 per adapter kind; the objective decides which data kinds it accepts.
-ADAPTER_KINDS = {
-    "retrieval": dict(lr=5e-4, tau=0.05, max_length=512, batch_size=128, num_negatives=3),
-    "text-matching": dict(lr=1e-4, tau=0.05, max_length=192, batch_size=256),
-    "classification": dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7),
-    "separation": dict(lr=5e-5, tau=0.02, max_length=192, batch_size=512),
-}
+# Table A1 per adapter kind, and the data kinds each trains on (adapters.py holds both)
+ADAPTER_KINDS = {k.name: dict(k.defaults) for k in KINDS}
+ACCEPTS = {k.name: k.accepts for k in KINDS}
 # every key a [train] table, a phase or --set may give
 KNOWN_SETTINGS = set(COMMON) | {k for d in (*STAGE_DEFAULTS.values(), *ADAPTER_KINDS.values()) for k in d} \
     | {"data", "name", "objective", "phases"}
-ACCEPTS = {
-    "retrieval": ("pairs", "tuples"),
-    "text-matching": ("pairs", "tuples", "scored"),
-    # pairs: pair classification goes through this adapter too (spec), and labelled tuples alone pull
-    # same-topic texts together regardless of meaning, so translation pairs keep it cross-lingual.
-    "classification": ("labelled", "tuples", "pairs"),
-    "separation": ("labelled", "pairs", "tuples", "scored"),
-}
 
 
 def adapter_kind(task: str, settings: dict) -> str:
     kind = settings.get("objective")
-    if kind is None:
-        if task.startswith("retrieval"):
-            kind = "retrieval"
-        elif task in ADAPTER_KINDS:
-            kind = task
-        else:
-            kind = "text-matching"
+    if kind is None:  # a new task trains as text-matching unless its name says retrieval
+        known = kind_of(task)
+        kind = known.name if known else "retrieval" if task.startswith("retrieval") else "text-matching"
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter objective {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
     return kind
@@ -390,7 +375,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     phases = phase_settings("adapters", settings, kind)
     _freeze(model, lora_parameters(model))
     # The dev checks follow the adapter's own task types, whatever loss trains it (--objective).
-    served = "retrieval" if task.startswith("retrieval") else task if task in ADAPTER_KINDS else kind
+    served = kind_of(task).name if kind_of(task) else "retrieval" if task.startswith("retrieval") else kind
     tasks = sorted({q_task, d_task})
 
     def build(ph):

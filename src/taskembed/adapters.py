@@ -1,0 +1,63 @@
+"""The task adapters of jina-embeddings-v3, one record per adapter kind.
+
+Everything else that depends on a kind reads it from here: the model's adapter list and default prefixes
+(`config`), which adapters the evaluation harness uses per task type (`eval.tasks`), what data each kind
+trains on and its Table A1 settings (`train.stages`), and the development checks (`train.devtasks`).
+Adding a kind means adding one record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    name: str
+    query: str  # the adapter of a record's first text (the query side)
+    document: str  # the adapter of the other texts; the same as `query` for symmetric kinds
+    serves: tuple[str, ...]  # evaluation task types scored with this kind's adapters
+    accepts: tuple[str, ...]  # training data kinds (train/data.py)
+    instructions: dict[str, str] = field(default_factory=dict)  # the official prefixes, per adapter
+    defaults: dict[str, Any] = field(default_factory=dict)  # Table A1 training settings
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.query, self.document)))
+
+
+KINDS: tuple[AdapterKind, ...] = (
+    AdapterKind(
+        "retrieval", "retrieval.query", "retrieval.passage", serves=("retrieval",), accepts=("pairs", "tuples"),
+        instructions={"retrieval.query": "Represent the query for retrieving evidence documents: ",
+                      "retrieval.passage": "Represent the document for retrieval: "},
+        defaults=dict(lr=5e-4, tau=0.05, max_length=512, batch_size=128, num_negatives=3)),
+    AdapterKind(
+        "separation", "separation", "separation", serves=("clustering", "reranking"),
+        accepts=("labelled", "pairs", "tuples", "scored"),
+        defaults=dict(lr=5e-5, tau=0.02, max_length=192, batch_size=512)),
+    # pairs: pair classification goes through this adapter too (spec), and labelled tuples alone pull
+    # same-topic texts together regardless of meaning, so translation pairs keep it cross-lingual.
+    AdapterKind(
+        "classification", "classification", "classification", serves=("classification", "pair_classification"),
+        accepts=("labelled", "tuples", "pairs"),
+        defaults=dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7)),
+    # long_retrieval: passkey and needle tasks ask for the same text back, a matching task
+    AdapterKind(
+        "text-matching", "text-matching", "text-matching", serves=("bitext_mining", "sts", "long_retrieval"),
+        accepts=("pairs", "tuples", "scored"),
+        defaults=dict(lr=1e-4, tau=0.05, max_length=192, batch_size=256)),
+)
+
+BY_NAME: dict[str, AdapterKind] = {k.name: k for k in KINDS}
+# every adapter of every kind, in the official checkpoint's order
+TASKS: tuple[str, ...] = tuple(dict.fromkeys(a for k in KINDS for a in k.adapters))
+TASK_INSTRUCTIONS: dict[str, str] = {a: k.instructions.get(a, "") for k in KINDS for a in k.adapters}
+# evaluation task type -> (query-side adapter, document-side adapter)
+TASK_ADAPTERS: dict[str, tuple[str, str]] = {t: (k.query, k.document) for k in KINDS for t in k.serves}
+
+
+def kind_of(task: str) -> AdapterKind | None:
+    """The kind an adapter belongs to (None for an adapter no kind names, e.g. a user's new task)."""
+    return next((k for k in KINDS if task in k.adapters), None)
