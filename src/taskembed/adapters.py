@@ -43,18 +43,18 @@ KINDS: tuple[AdapterKind, ...] = (
         "classification", "classification", "classification", serves=("classification", "pair_classification"),
         accepts=("labelled", "tuples", "pairs"),
         defaults=dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7)),
-    # long_retrieval: passkey and needle tasks ask for the same text back, a matching task
+    # long retrieval uses text-matching, as the paper's LongEmbed run did
     AdapterKind(
         "text-matching", "text-matching", "text-matching", serves=("bitext_mining", "sts", "long_retrieval"),
         accepts=("pairs", "tuples", "scored"),
         defaults=dict(lr=1e-4, tau=0.05, max_length=192, batch_size=256)),
 )
 
-BY_NAME: dict[str, AdapterKind] = {k.name: k for k in KINDS}
 # every adapter of every kind, in the official checkpoint's order
 TASKS: tuple[str, ...] = tuple(dict.fromkeys(a for k in KINDS for a in k.adapters))
 TASK_INSTRUCTIONS: dict[str, str] = {a: k.instructions.get(a, "") for k in KINDS for a in k.adapters}
-# evaluation task type -> (query-side adapter, document-side adapter)
+# evaluation task type -> (query-side adapter, document-side adapter), as MTEB's jina-embeddings-v3 entry
+# maps them (spec §2.5)
 TASK_ADAPTERS: dict[str, tuple[str, str]] = {t: (k.query, k.document) for k in KINDS for t in k.serves}
 
 

@@ -34,8 +34,6 @@ TASK_TYPES = (
     "bitext_mining",
 )
 
-# (query-side adapter, document-side adapter) per task type, as MTEB's jina-embeddings-v3 entry maps them
-# (spec §2.5); long retrieval uses text-matching as the paper's LongEmbed run did.
 MAIN_SCORE: dict[str, str] = {
     "retrieval": "ndcg_at_10",
     "long_retrieval": "ndcg_at_10",

@@ -56,11 +56,16 @@ KNOWN_SETTINGS = set(COMMON) | {k for d in (*STAGE_DEFAULTS.values(), *ADAPTER_K
     | {"data", "name", "objective", "phases"}
 
 
+def _kind_by_name(task: str) -> str | None:
+    """The registry's kind of an adapter; for a new one, retrieval when its name says so."""
+    known = kind_of(task)
+    return known.name if known else "retrieval" if task.startswith("retrieval") else None
+
+
 def adapter_kind(task: str, settings: dict) -> str:
     kind = settings.get("objective")
     if kind is None:  # a new task trains as text-matching unless its name says retrieval
-        known = kind_of(task)
-        kind = known.name if known else "retrieval" if task.startswith("retrieval") else "text-matching"
+        kind = _kind_by_name(task) or "text-matching"
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter objective {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
     return kind
@@ -375,7 +380,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     phases = phase_settings("adapters", settings, kind)
     _freeze(model, lora_parameters(model))
     # The dev checks follow the adapter's own task types, whatever loss trains it (--objective).
-    served = kind_of(task).name if kind_of(task) else "retrieval" if task.startswith("retrieval") else kind
+    served = _kind_by_name(task) or kind
     tasks = sorted({q_task, d_task})
 
     def build(ph):
