@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import sys
 from collections import Counter
 from pathlib import Path
 
-from long_dev_check import read_pages
+from long_dev_check import SECTION_NUMBER, read_pages
 
 from taskembed.io import write_jsonl
-
-UP = re.compile(r'<link rel="up" href="([^"]+)"')
-NUMBER = re.compile(r"^\s*(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.)\s+")  # long_dev_check's section numbers
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -67,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     for lang in args.clusters:
         rows = []
         for pg in pages[lang]:  # the section is the page DocBook links as "up" (same file names in every language)
-            m = UP.search((help_dir / lang / pg["id"]).read_text(encoding="utf-8", errors="replace"))
-            if m and m.group(1) != "index.html":
-                text = NUMBER.sub("", pg["text"])  # "3.2.1. Blur": the numbering would give the section away
-                rows.append({"text": text[: args.cluster_chars], "label": m.group(1).removesuffix(".html")})
+            if pg["up"] and pg["up"] != "index.html":
+                text = SECTION_NUMBER.sub("", pg["text"])  # "3.2.1. Blur": the numbering would give the section away
+                rows.append({"text": text[: args.cluster_chars], "label": pg["up"].removesuffix(".html")})
         sizes = Counter(r["label"] for r in rows)
         rows = [r for r in rows if sizes[r["label"]] >= 10]
         random.Random(f"{args.seed}-clusters-{lang}").shuffle(rows)

@@ -34,6 +34,9 @@ from taskembed.eval.metrics import ndcg_at_k
 
 HEADING = re.compile(r"<h([1-4])[^>]*>(.*?)</h\1>", re.S)
 TAG = re.compile(r"<[^>]+>")
+# section numbers: "1.2. ", "9 ", "A. ", "A.1. " (the capital of "Chapter" or "A Brief ..." stays)
+SECTION_NUMBER = re.compile(r"^(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.)\s+")
+UP = re.compile(r'<link rel="up" href="([^"]+)"')  # DocBook's parent section of a page
 
 
 def _text(fragment: str) -> str:
@@ -41,12 +44,12 @@ def _text(fragment: str) -> str:
 
 
 def _clean_heading(h: str) -> str:
-    # section numbers: "1.2. ", "9 ", "A. ", "A.1. " (the capital of "Chapter" or "A Brief ..." stays)
-    return re.sub(r"^(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.)\s+", "", _text(h).replace("\xa0", " ")).strip()
+    return SECTION_NUMBER.sub("", _text(h).replace("\xa0", " ")).strip()
 
 
 def read_pages(folder: Path) -> list[dict]:
-    """Manual pages: title, body text, headings with their character offsets in the body."""
+    """Manual pages: title, body text, headings with their character offsets in the body, the parent
+    section's file ("up", None when the page names none)."""
     pages = []
     for f in sorted(folder.glob("*.html")):
         raw = f.read_text(encoding="utf-8", errors="replace")
@@ -63,8 +66,9 @@ def read_pages(folder: Path) -> list[dict]:
             offsets.append((len(" ".join(text)), head))
             pos = start
         body = _text(body_html)
+        up = UP.search(raw)
         pages.append({"id": f.name, "title": heads[0][1], "text": body,
-                      "headings": [(min(o, len(body)), h) for o, h in offsets[1:]]})
+                      "headings": [(min(o, len(body)), h) for o, h in offsets[1:]], "up": up and up.group(1)})
     return pages
 
 
