@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from taskembed import io
 from taskembed.eval.split import (
     HELDOUT_FRACTION,
     HELDOUT_GETTEXT_DOMAINS,
@@ -61,10 +62,7 @@ NON_LATIN = {
 }
 
 
-@cache
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+read_jsonl = cache(io.read_jsonl)  # the suite's files are read by several tests
 
 
 @cache
