@@ -1,5 +1,5 @@
 """The bundled model against multilingual-e5-small run the sentence-transformers way, on the same real
-texts, CPU fp32, in one process (issue 5's speed target). Rounds alternate the two so machine load hits
+texts, CPU fp32, in one process (the target: at least the teacher's). Rounds alternate the two so machine load hits
 them alike.
 
     python benchmarks/default_model_speed.py [--e5-dir HF_DIR] [--texts 512] [--rounds 3] [--threads 1]

@@ -3,7 +3,7 @@ transformers' XLMRobertaModel in fp16 with SDPA, in one process. For a lent GPU 
 
     python benchmarks/gpu_throughput.py --peak-tflops 989      # H100 SXM bf16 dense peak
 
-Cases (as in issue 7's anchor): packed 64 x 512, 256 x 128, 64 mixed lengths 16..1024 (the baseline pads
+Cases: packed 64 x 512, 256 x 128, 64 mixed lengths 16..1024 (the baseline pads
 them), one 8192-token input. Prints tokens/s, ratio to the baseline, MFU and peak memory.
 Runs on CPU too (`--device cpu --size small`) to check the script itself.
 """

@@ -1,5 +1,5 @@
 """int8 against float32 for the bundled model on real text: cosine of each text's two vectors per task, and
-encode speed, in one process (issue 7: cosine to fp32 >= 0.99 on real text). Rounds alternate the two so
+encode speed, in one process (target: cosine to fp32 >= 0.99 on real text). Rounds alternate the two so
 machine load hits them alike.
 
     python benchmarks/int8_quality.py [--texts 300] [--rounds 3] [--threads 2] [--no-calibration] [--onnx]

@@ -1,4 +1,4 @@
-"""No evaluation-suite text may reach the training data (issue 5), checked by hashing.
+"""No evaluation-suite text may reach the training data, checked by hashing.
 
 Offline parts: the leak filter rejects every text of the committed suite (and case/punctuation/accelerator
 variants of it), the writer drops such records, and the split rule is the suite's. When the built training

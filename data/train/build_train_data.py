@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the default model's training data (issue 5) from the allowed Debian packages, training side only.
+"""Build the default model's training data from the allowed Debian packages, training side only.
 
 Usage::
 
@@ -57,7 +57,7 @@ FINGERPRINTS = ROOT / "data" / "eval" / "fingerprints.txt"
 GETTEXT_PACKAGES = ["inkscape", "blender-data", "evolution-common", "gimp-data", "libgtk-3-common", "freeciv-data",
                     "gcc-12-locales", "iso-codes"]  # fmt: skip
 LEXICAL_PACKAGES = ["wordnet-base", "unicode-cldr-core"]
-SEED = 5  # issue 5
+SEED = 5
 MIN_WORDS_GETTEXT = 3
 
 

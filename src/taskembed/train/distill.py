@@ -1,4 +1,4 @@
-"""Recover a converted (rotary) encoder by distillation from its absolute-position original (issue 5).
+"""Recover a converted (rotary) encoder by distillation from its absolute-position original.
 
 `taskembed convert` drops the learned position table, so the student starts close to but not equal to its
 teacher. Both share the tokenizer, so the student is pulled back token by token: MSE between the last

@@ -1,4 +1,4 @@
-"""Inserted-sentence tuples: find the document that holds a sentence among copies that hold another (issue 5).
+"""Inserted-sentence tuples: find the document that holds a sentence among copies that hold another.
 
 Needle and pass-key retrieval ask whether a document's one embedding still carries each of its sentences:
 twenty documents of the same kind differ by one sentence each. Distillation keeps the average of a document

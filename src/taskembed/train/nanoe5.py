@@ -66,7 +66,7 @@ def fold_positions(state: dict[str, Tensor], n: int = 128) -> dict[str, Tensor]:
 
     The rotary model has no position table, but every token also gets token-type row 0: moving the
     positions' shared offset there keeps the input to the first LayerNorm close to the original's, so the
-    converted model starts nearer its teacher (measured in the issue-5 report).
+    converted model starts nearer its teacher (measured in docs/rotary-route.md).
     """
     out = dict(state)
     pos = state["embeddings.position_embeddings.weight"][:n].mean(0)

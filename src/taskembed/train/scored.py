@@ -1,4 +1,4 @@
-"""Teacher-scored pairs for the text-matching adapter (Stage III with the paper's CoSENT loss, issue 5).
+"""Teacher-scored pairs for the text-matching adapter (Stage III with the paper's CoSENT loss).
 
 The paper trains text-matching on STS-style pairs with graded scores. The allowed sources have no graded
 pairs, so the grades come from the starting encoder (mE5, "query: " on both sides as its authors advise for

@@ -1,4 +1,4 @@
-"""Vocabulary pruning for the bundled model's size budget (issue 5: fp16 total under 100 MB).
+"""Vocabulary pruning for the bundled model's size budget (fp16 total under 100 MB).
 
 XLM-R's 250,002 x 384 embedding table alone is 192 MB in fp16. A Unigram tokenizer keeps working when pieces
 are removed: the Viterbi segmentation falls back to the shorter pieces that remain, so keeping every
