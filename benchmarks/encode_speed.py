@@ -2,7 +2,7 @@
 what sentence-transformers runs), same size, random weights, on CPU. All numbers come from one process, and
 the variants are interleaved round by round so machine load hits them alike.
 
-    python benchmarks/encode_speed.py --size full --lengths short medium long --rounds 2
+    python -m benchmarks.encode_speed --size full --lengths short medium long --rounds 2
 
 Rows: tokens/s per variant and its ratio to the transformers baseline; single-query latency (batch 1, ~20
 tokens); LoRA cost (mixed tasks in one batch vs one merged task); peak RSS growth per variant.
@@ -27,7 +27,7 @@ from taskembed.config import EncoderConfig
 from taskembed.embedder import Embedder, mean_pool
 from taskembed.encoder import Encoder
 from taskembed.lora import merge_task
-from taskembed.tiny import make_tokenizer, randomize_lora
+from tests.support.tiny import make_tokenizer, randomize_lora
 
 SIZES = {
     "full": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),

@@ -1,7 +1,7 @@
 """GPU throughput and model FLOP utilisation, full-size (jina-v3) configuration, random weights, against
 transformers' XLMRobertaModel in fp16 with SDPA, in one process. For a lent GPU machine: keep it short.
 
-    python benchmarks/gpu_throughput.py --peak-tflops 989      # H100 SXM bf16 dense peak
+    python -m benchmarks.gpu_throughput --peak-tflops 989      # H100 SXM bf16 dense peak
 
 Cases: packed 64 x 512, 256 x 128, 64 mixed lengths 16..1024 (the baseline pads
 them), one 8192-token input. Prints tokens/s, ratio to the baseline, MFU and peak memory.
@@ -15,12 +15,12 @@ import random
 import time
 
 import torch
-from encode_speed import SIZES, hf_model
 
+from benchmarks.encode_speed import SIZES, hf_model
 from taskembed.config import EncoderConfig
 from taskembed.embedder import Embedder, mean_pool
 from taskembed.encoder import Encoder
-from taskembed.tiny import make_tokenizer, randomize_lora
+from tests.support.tiny import make_tokenizer, randomize_lora
 
 
 def cases(vocab: int, scale: int) -> dict[str, list[list[int]]]:

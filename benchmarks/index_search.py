@@ -2,8 +2,8 @@
 disk footprint, for the candidate libraries (usearch, faiss-cpu, lancedb) and for taskembed's own index
 (exact, HNSW, binary + float rescoring).
 
-    python benchmarks/index_search.py --sizes 10000 100000 --dim 256 --queries 200
-    python benchmarks/index_search.py --eval --sizes        # model vectors: the eval suite's retrieval corpora
+    python -m benchmarks.index_search --sizes 10000 100000 --dim 256 --queries 200
+    python -m benchmarks.index_search --eval --sizes        # model vectors: the eval suite's retrieval corpora
 
 Datasets: `clustered-N` (unit vectors around N/100 random centres: local structure like real embeddings),
 `gaussian-N` (uniform on the sphere: no structure, the hardest case for graph indexes) and, with
@@ -170,7 +170,7 @@ def clustered_set(n: int, dim: int, nq: int, seed: int = 0) -> tuple[np.ndarray,
 
 def eval_set(nq: int) -> tuple[np.ndarray, np.ndarray]:
     """All retrieval corpora of the eval suite, embedded with the tiny random model (64-d)."""
-    from taskembed.tiny import make_tiny_embedder
+    from tests.support.tiny import make_tiny_embedder
 
     emb = make_tiny_embedder(seed=0)
     docs, qs = [], []

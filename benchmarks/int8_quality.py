@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import taskembed
-
-sys.path.insert(0, str(Path(__file__).parent))
-from default_model_speed import alternating_rounds, real_texts  # noqa: E402
+from benchmarks.default_model_speed import alternating_rounds, real_texts
 
 TASKS = ["retrieval.passage", "retrieval.query", "classification", "separation"]
 

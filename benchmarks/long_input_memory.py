@@ -1,7 +1,7 @@
 """Full-size (jina-v3: 24 layers, 1024 wide, 250002 vocab) checkpoint: load it in the official layout and
 encode one 8192-token input on CPU; report peak memory above the loaded weights.
 
-    python benchmarks/long_input_memory.py [--tokens 8192] [--dir /tmp/jina-v3-random]
+    python -m benchmarks.long_input_memory [--tokens 8192] [--dir /tmp/jina-v3-random]
 
 The checkpoint is random (bf16, official key names) and written once to --dir.
 """
@@ -20,7 +20,7 @@ import taskembed
 from taskembed.config import EncoderConfig
 from taskembed.embedder import Embedder
 from taskembed.encoder import Encoder
-from taskembed.tiny import make_tokenizer, randomize_lora
+from tests.support.tiny import make_tokenizer, randomize_lora
 
 
 def rss_gib() -> float:

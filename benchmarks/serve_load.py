@@ -1,6 +1,6 @@
 """Load test of `taskembed serve` on 127.0.0.1 against calling Embedder.encode in one process.
 
-    python benchmarks/serve_load.py [--model DIR | --size tiny|deep|small] [--requests 384] [--concurrency 1 8 64]
+    python -m benchmarks.serve_load [--model DIR | --size tiny|deep|small] [--requests 384] [--concurrency 1 8 64]
 
 For each concurrency level, N requests (one text each, sentences of mixed length) go to a server started
 as a subprocess, over that many keep-alive connections (a minimal asyncio client). Two servers run side by
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import taskembed
-from taskembed.tiny import SAMPLE_TEXTS, make_tiny_embedder
+from tests.support.tiny import SAMPLE_TEXTS, make_tiny_embedder
 
 SIZES = {
     "tiny": {},

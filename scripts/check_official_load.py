@@ -11,8 +11,8 @@ for every task and for no task: short multilingual texts, texts with ``<mask>``,
 ``--make-tiny DIR`` first saves a tiny random taskembed model there (``--rotary-dim``, ``--interleaved``
 for the rotary variants) and checks that. Needs torch, transformers 4.x, einops (the official code)::
 
-    python scripts/check_official_load.py --official-code /tmp/official --model path/to/saved
-    python scripts/check_official_load.py --official-code /tmp/official --make-tiny /tmp/tiny --interleaved
+    python -m scripts.check_official_load --official-code /tmp/official --model path/to/saved
+    python -m scripts.check_official_load --official-code /tmp/official --make-tiny /tmp/tiny --interleaved
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def long_text(count_tokens, min_tokens: int) -> str:
 
 
 def make_tiny(out: Path, rotary_dim: int | None, interleaved: bool) -> None:
-    from taskembed.tiny import make_tiny_embedder
+    from tests.support.tiny import make_tiny_embedder
 
     overrides = {"rotary_emb_interleaved": interleaved}
     if rotary_dim is not None:

@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 from long_dev_check import SECTION_NUMBER, read_pages
-
 from taskembed.io import write_jsonl
 
 

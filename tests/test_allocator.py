@@ -8,7 +8,7 @@ import pytest
 # A CPU Embedder applies the setting when it is built; later calls return the same answer.
 CODE = """
 import taskembed.allocator as a
-from taskembed.tiny import make_tiny_embedder
+from support.tiny import make_tiny_embedder
 print(a._done)
 make_tiny_embedder()
 print(a._done, a.tune_cpu_allocator() is a._done)

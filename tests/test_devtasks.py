@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from taskembed.eval.tasks import validate_task
-from taskembed.train.devtasks import build_dev_tasks
+from taskembed_train.devtasks import build_dev_tasks
 
 
 def _write(path, rows):
@@ -88,7 +88,7 @@ class _Fake:
 
 
 def test_scores_at_matryoshka_sizes_share_the_dev_mean(tmp_path):
-    from taskembed.train.devtasks import score_dev_tasks
+    from taskembed_train.devtasks import score_dev_tasks
 
     f = _write(tmp_path / "index.jsonl", [{"query": f"q{i}", "positive": f"p{i}"} for i in range(8)])
     tasks = build_dev_tasks([f], "retrieval", tmp_path / "r", _encode_groups, n=8)
@@ -108,9 +108,9 @@ def test_a_document_linked_from_several_queries_appears_once(tmp_path):
 
 
 def test_matryoshka_sizes_come_from_one_full_size_pass_as_the_model_cuts_them(tmp_path):
+    from support.tiny import make_tiny_embedder
     from taskembed.eval.tasks import run_task
-    from taskembed.tiny import make_tiny_embedder
-    from taskembed.train.devtasks import _FullSizeOnce
+    from taskembed_train.devtasks import _FullSizeOnce
 
     emb = make_tiny_embedder()
     calls = []

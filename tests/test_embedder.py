@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from taskembed.tiny import make_tiny_embedder
+from support.tiny import make_tiny_embedder
 
 TEXTS = ["The cat sits on the warm windowsill.", "如何更改电子表格中的默认字体大小？", "Кошка сидит."]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import Reference
 
 import taskembed
+from reference import Reference
 from taskembed.config import EncoderConfig
 from taskembed.encoder import Encoder, Rotary
 
@@ -208,7 +208,7 @@ def test_packed_and_padded_encode_agree(tiny_dir):
 
 
 def test_permuting_hidden_channels_permutes_the_outputs_exactly(tiny_dir):
-    # Matryoshka reordering (train/reorder.py) relies on this being a pure reparametrisation.
+    # Matryoshka reordering (taskembed_train/reorder.py) relies on this being a pure reparametrisation.
     emb, moved = taskembed.load(tiny_dir), taskembed.load(tiny_dir)
     h = emb.config.hidden_size
     order = torch.randperm(h, generator=torch.Generator().manual_seed(3))

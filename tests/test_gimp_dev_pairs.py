@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import gimp_dev_pairs  # noqa: E402
+import gimp_dev_pairs
 
 
 def _page(folder: Path, name: str, up: str, title: str, body: str) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import taskembed
+from support.tiny import make_tiny_embedder
 from taskembed import CheckpointError, hub
 from taskembed.cli import main as cli_main
-from taskembed.tiny import make_tiny_embedder
 
 pytest.importorskip("huggingface_hub")
 

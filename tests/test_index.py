@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from support.tiny import SAMPLE_TEXTS
 from taskembed import corpus, index
-from taskembed.tiny import SAMPLE_TEXTS
 
 pytest.importorskip("usearch")
 

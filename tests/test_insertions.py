@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from taskembed.train.devtasks import build_dev_tasks
-from taskembed.train.insertions import insertion_tuples, main, read_pairs
+from taskembed_train.devtasks import build_dev_tasks
+from taskembed_train.insertions import insertion_tuples, main, read_pairs
 
 
 def _docs():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from taskembed.tiny import make_tokenizer
-from taskembed.train import losses
+from support.tiny import make_tokenizer
+from taskembed_train import losses
 
 TAU = 0.07
 

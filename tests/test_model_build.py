@@ -14,7 +14,7 @@ from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file
 
 import taskembed
-from taskembed.tiny import make_tiny_embedder
+from support.tiny import make_tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_pruning_an_hf_teacher_dir_matches_pruning_the_student(tmp_path):
     from collections import Counter
 
     from taskembed.tokenizer import Tokenizer
-    from taskembed.train import vocab
+    from taskembed_train import vocab
 
     emb = make_tiny_embedder(seed=0)
     tok_json = emb.tokenizer.backend.to_str()

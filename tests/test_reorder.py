@@ -1,4 +1,4 @@
-"""Matryoshka channel reordering (train/reorder.py): the score, and an exact reparametrisation end to end."""
+"""Matryoshka channel reordering (taskembed_train/reorder.py): the score, and an exact reparametrisation end to end."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import taskembed
-from taskembed.train.reorder import channel_scores, main, read_pairs
+from taskembed_train.reorder import channel_scores, main, read_pairs
 
 
 def test_channel_scores_are_the_positive_pair_covariance():

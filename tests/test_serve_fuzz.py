@@ -21,8 +21,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
-from serve_helpers import start_server  # noqa: E402
 
+from serve_helpers import start_server  # noqa: E402
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import Gate  # noqa: E402
 
+from serve_helpers import Gate  # noqa: E402
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
 from taskembed.serve.app import tokenize  # noqa: E402
 from taskembed.serve.errors import ApiError  # noqa: E402

@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("fastapi")
 
 from serve_helpers import Gate, start_server  # noqa: E402
-
 from taskembed.serve import ServerSettings, create_app  # noqa: E402
 from taskembed.serve import server as srv_mod  # noqa: E402
 from taskembed.serve.batcher import STARVE_PASSES, Job  # noqa: E402

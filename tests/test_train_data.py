@@ -9,7 +9,7 @@ import json
 import pytest
 
 from taskembed.io import write_jsonl
-from taskembed.train.data import (
+from taskembed_train.data import (
     BatchStream,
     ClassificationTuples,
     DataError,

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+import build_train_data as btd
+from taskembed.eval.split import HELDOUT_GETTEXT_DOMAINS, is_heldout, text_fingerprint
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "data" / "train"))
-
-import build_train_data as btd  # noqa: E402
-
-from taskembed.eval.split import HELDOUT_GETTEXT_DOMAINS, is_heldout, text_fingerprint  # noqa: E402
 
 EVAL = ROOT / "data" / "eval"
 

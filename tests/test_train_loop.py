@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from support.synthetic import Topics, tiny_embedder
 from taskembed.io import write_jsonl
 from taskembed.lora import lora_parameters
-from taskembed.train.data import BatchStream, Source
-from taskembed.train.loop import TrainConfig, Trainer
-from taskembed.train.objectives import MLM, Contrastive, LMHead
-from taskembed.train.synthetic import Topics, tiny_embedder
+from taskembed_train.data import BatchStream, Source
+from taskembed_train.loop import TrainConfig, Trainer
+from taskembed_train.objectives import MLM, Contrastive, LMHead
 
 TOPICS = Topics.make(n_topics=8, seed=3)
 

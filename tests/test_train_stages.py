@@ -15,13 +15,13 @@ from safetensors.torch import load_file, save_file
 
 import taskembed
 import taskembed.cli
+from support.synthetic import Topics, tiny_embedder, topic_retrieval
+from taskembed.convert import main as convert_main
 from taskembed.eval.metrics import spearman
 from taskembed.io import write_jsonl
-from taskembed.train import stages
-from taskembed.train.cli import main as train_main
-from taskembed.train.convert import main as convert_main
-from taskembed.train.objectives import MLM, LMHead
-from taskembed.train.synthetic import Topics, tiny_embedder, topic_retrieval
+from taskembed_train import stages
+from taskembed_train.cli import main as train_main
+from taskembed_train.objectives import MLM, LMHead
 
 TOPICS = Topics.make(n_topics=8, seed=3)
 HELD_OUT = range(100, 104)  # seeds of held-out texts; training data uses seeds < 10
@@ -336,7 +336,7 @@ def test_pairs_stage_can_keep_the_vocabulary_table_fixed(toy):
 
 
 def test_max_seconds_shortens_the_schedule_and_still_decays(toy, monkeypatch):
-    from taskembed.train import loop
+    from taskembed_train import loop
 
     clock = iter(float(i) for i in range(10**6))  # every perf_counter() call is one "second" later
     monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
@@ -353,7 +353,7 @@ def test_max_seconds_shortens_the_schedule_and_still_decays(toy, monkeypatch):
 def test_max_seconds_refits_the_schedule_once_steps_get_faster(toy, monkeypatch):
     """A GPU's first steps are slow (new shapes, allocator growth): the schedule fitted after step 15 is
     fitted again as the budget is spent, from the faster speed since the last fit."""
-    from taskembed.train import loop
+    from taskembed_train import loop
 
     calls = [0]
 
@@ -375,7 +375,7 @@ def test_max_seconds_refits_the_schedule_once_steps_get_faster(toy, monkeypatch)
 @pytest.mark.parametrize("objective", [None, "separation"])
 def test_adapter_dev_check_keeps_the_best_evaluation(toy, objective):
     from taskembed.eval.tasks import discover_tasks
-    from taskembed.train.devtasks import score_dev_tasks
+    from taskembed_train.devtasks import score_dev_tasks
 
     d, _ = toy
     dev = [str(write_jsonl(d / "dev-labelled.jsonl", TOPICS.labelled(120, 200))),

@@ -19,7 +19,7 @@ Sources (nothing else; other documentation packages are reserved for evaluation)
 
 Every record of every file passes :class:`LeakFilter`: any text whose ``text_fingerprint`` is in
 ``data/eval/fingerprints.txt`` drops the record (UI strings repeat across applications, paragraphs across
-pages). Output: one JSONL file per source and language in the formats ``taskembed.train.data`` reads
+pages). Output: one JSONL file per source and language in the formats ``taskembed_train.data`` reads
 (pairs ``{"query","positive"}``, labelled ``{"text","label"}``, raw ``{"text"}``), shuffled with a fixed
 seed, plus ``manifest.json`` (package versions and sha256, per-file counts and sha256). Large outputs stay
 outside the repository.

@@ -18,7 +18,7 @@ class AdapterKind:
     query: str  # the adapter of a record's first text (the query side)
     document: str  # the adapter of the other texts; the same as `query` for symmetric kinds
     serves: tuple[str, ...]  # evaluation task types scored with this kind's adapters
-    accepts: tuple[str, ...]  # training data kinds (train/data.py)
+    accepts: tuple[str, ...]  # training data kinds (taskembed_train/data.py)
     instructions: dict[str, str] = field(default_factory=dict)  # the official prefixes, per adapter
     defaults: dict[str, Any] = field(default_factory=dict)  # Table A1 training settings
 

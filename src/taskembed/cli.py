@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "serve": ("taskembed.serve.cli", "main", "run the HTTP embedding server (extra [serve])"),
     "eval": ("taskembed.eval.cli", "eval_main", "evaluate models on the held-out suite (extra [eval])"),
-    "train": ("taskembed.train.cli", "main", "train: mlm | pairs | adapters (extra [train])"),
-    "convert": ("taskembed.train.convert", "main", "convert an absolute-position XLM-R/BERT checkpoint"),
+    "train": ("taskembed_train.cli", "main", "train: mlm | pairs | adapters (extra [train])"),
+    "convert": ("taskembed.convert", "main", "convert an absolute-position XLM-R/BERT checkpoint"),
     "export": ("taskembed.export", "main", "export a per-task merged ONNX graph (optionally int8)"),
     "embed-corpus": ("taskembed.corpus", "main", "embed a corpus into Parquet shards (resumable)"),
     "index": ("taskembed.index", "index_main", "build a vector index from embed-corpus output"),

@@ -418,7 +418,7 @@ class Encoder(nn.Module):
 
         LayerNorm, attention and mean pooling treat the residual channels alike, so this is an exact
         reparametrisation; Matryoshka truncation keeps the leading channels, so moving the informative ones
-        to the front raises the scores of short vectors (train/reorder.py chooses the order).
+        to the front raises the scores of short vectors (taskembed_train/reorder.py chooses the order).
         """
         h = self.config.hidden_size
         idx = torch.as_tensor(order, dtype=torch.long, device=self.emb_ln.weight.device)

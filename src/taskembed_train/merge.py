@@ -1,9 +1,9 @@
 """Weight-average two models of one lineage (same teacher, same vocabulary) in the teacher's channel order.
 
-    python scripts/merge_models.py A B OUT [--weight 0.5] [--adapters a|b]
+    python -m taskembed_train.merge A B OUT [--weight 0.5] [--adapters a|b]
 
 OUT = (1 - weight) x A + weight x B on every base weight, compared channel for channel: a model whose hidden
-channels were reordered (`channel_order.json`, train.reorder) is permuted back first. The LoRA factors are
+channels were reordered (`channel_order.json`, taskembed_train.reorder) is permuted back first. The LoRA factors are
 taken whole from one of the two (an average of two adapters' factors is not the average of their products).
 OUT is saved in A's channel order, with A's config, tokenizer and channel_order.json.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import taskembed
-from taskembed.train.reorder import copy_order, read_order
+
+from .reorder import copy_order, read_order
 
 
 def _in_teacher_order(path: Path) -> tuple[taskembed.Embedder, list[int] | None]:

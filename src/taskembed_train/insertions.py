@@ -13,7 +13,7 @@ positive is the copy holding it, and the hard negatives are the other copies:
 `taskembed train adapters` reads them as tuples (text-matching serves long-document retrieval); a dev file
 of the same records becomes a bitext-mining check in which each copy must find its own sentence and back.
 
-    python -m taskembed.train.insertions --documents FILES --sentences PAIR_FILES --out OUT.jsonl \
+    python -m taskembed_train.insertions --documents FILES --sentences PAIR_FILES --out OUT.jsonl \
         [--n 2000 --variants 4 --chars 1000 --translated 0.5 --seed 0]
 """
 
@@ -25,7 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io import write_jsonl
+from taskembed.io import write_jsonl
+
 from .distill import insert_sentence, long_samples, read_texts
 from .scored import read_translations
 
@@ -62,7 +63,7 @@ def insertion_tuples(documents: list[list[str]], pairs: list[tuple[str, str]], n
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.insertions", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.insertions", description=__doc__.split("\n\n")[0])
     p.add_argument("--documents", nargs="+", required=True, help="JSONL files whose texts make documents "
                    "(a document joins consecutive texts of one file)")
     p.add_argument("--sentences", nargs="+", required=True, help="query -> positive translation pair files")

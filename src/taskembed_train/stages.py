@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapters import KINDS, kind_of
-from ..checkpoint import load
-from ..embedder import Embedder
-from ..lora import lora_parameters
+from taskembed.adapters import KINDS, kind_of
+from taskembed.checkpoint import load
+from taskembed.embedder import Embedder
+from taskembed.lora import lora_parameters
+
 from . import dist
 from .data import BatchStream, ClassificationTuples, Source, record_texts
 from .loop import TrainConfig, Trainer
@@ -221,7 +222,7 @@ def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int, kind: str | None
 
 
 def _pair_check(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int], dict]:
-    from ..eval.metrics import paired_mrr, spearman
+    from taskembed.eval.metrics import paired_mrr, spearman
 
     src = Source(ph["eval_data"])
     records = [src.next() for _ in range(min(src.size, 2000))]
@@ -281,7 +282,7 @@ def _save(emb: Embedder, output: Path, head: LMHead | None = None) -> None:
     emb.model.eval()
     emb.save(output)
     # Training keeps the channels where they were: a reordered input's order file stays true of the output
-    # (distill and merge_models read it), and without it the output would pass for the teacher's order.
+    # (distill and merge read it), and without it the output would pass for the teacher's order.
     if emb.path is not None:
         from .reorder import copy_order
 

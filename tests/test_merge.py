@@ -1,9 +1,8 @@
-"""scripts/merge_models.py: weight averages of two models of one lineage, channel-order aware."""
+"""taskembed_train.merge: weight averages of two models of one lineage, channel-order aware."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,8 @@ import pytest
 import torch
 
 import taskembed
-from taskembed.tiny import make_tiny_embedder
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import merge_models  # noqa: E402
+from support.tiny import make_tiny_embedder
+from taskembed_train import merge
 
 TEXTS = ["The cat sits on the warm windowsill.", "Wie ändere ich die Schriftgröße?", "猫坐在温暖的窗台上。"]
 
@@ -40,7 +37,7 @@ def pair(tmp_path):
 
 def test_merge_averages_base_weights_in_the_teachers_order_and_keeps_one_side_adapters(tmp_path, pair):
     a, b, order = pair
-    merge_models.merge(a, b, tmp_path / "m", 0.5)
+    merge.merge(a, b, tmp_path / "m", 0.5)
     m = taskembed.load(tmp_path / "m", dtype=torch.float32)
     assert json.loads((tmp_path / "m" / "channel_order.json").read_text())["order"] == order
     m.model.permute_hidden(torch.argsort(torch.tensor(order)))
@@ -56,8 +53,8 @@ def test_merge_averages_base_weights_in_the_teachers_order_and_keeps_one_side_ad
 def test_merge_at_the_ends_gives_either_model_in_as_channel_order(tmp_path, pair):
     a, b, order = pair
     emb_a, emb_b = taskembed.load(a), taskembed.load(b)
-    merge_models.merge(a, b, tmp_path / "m0", 0.0)
-    merge_models.merge(a, b, tmp_path / "m1", 1.0, adapters="b")
+    merge.merge(a, b, tmp_path / "m0", 0.0)
+    merge.merge(a, b, tmp_path / "m1", 1.0, adapters="b")
     m0, m1 = taskembed.load(tmp_path / "m0"), taskembed.load(tmp_path / "m1")
     for task in ("retrieval.query", "classification"):
         np.testing.assert_allclose(m0.encode(TEXTS, task=task), emb_a.encode(TEXTS, task=task), atol=1e-5)
@@ -72,4 +69,4 @@ def test_merge_refuses_models_of_different_shapes(tmp_path, pair):
     a, _, _ = pair
     other = _save(make_tiny_embedder(seed=3, intermediate_size=48), tmp_path / "c")
     with pytest.raises(SystemExit, match="not one lineage"):
-        merge_models.merge(a, other, tmp_path / "m", 0.5)
+        merge.merge(a, other, tmp_path / "m", 0.5)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import EncoderConfig
-from ..tokenizer import Tokenizer
+from taskembed.config import EncoderConfig
+from taskembed.tokenizer import Tokenizer
+
 from . import losses
 from .data import record_texts
 

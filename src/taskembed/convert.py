@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import PREFIX, CheckpointError, to_official_name
-from ..config import TASK_INSTRUCTIONS, TASKS, EncoderConfig
-from ..encoder import Encoder
-from ..lora import LORA_MODULES
+from .checkpoint import PREFIX, CheckpointError, to_official_name
+from .config import TASK_INSTRUCTIONS, TASKS, EncoderConfig
+from .encoder import Encoder
+from .lora import LORA_MODULES
 
 _LAYER_MAP = {
     "attention.output.dense": "mixer.out_proj",
