@@ -5,7 +5,7 @@ from __future__ import annotations
 from taskembed import adapters
 from taskembed.config import EncoderConfig
 from taskembed.eval.tasks import MAIN_SCORE
-from taskembed_train import data, devtasks, stages
+from taskembed_train import data, devtasks, losses, stages
 
 
 def test_official_adapter_order_and_prefixes():
@@ -26,9 +26,10 @@ def test_every_task_type_is_served_by_exactly_one_kind():
 
 def test_training_tables_come_from_the_registry():
     for k in adapters.KINDS:
-        assert set(k.accepts) <= set(data.KINDS) - {"raw"}
+        assert losses.loss_names(k.losses) == k.losses
+        assert {d for n in k.losses for d in losses.LOSSES[n]} <= set(data.KINDS) - {"raw"}
         assert set(k.defaults) <= stages.KNOWN_SETTINGS
-        assert stages.ACCEPTS[k.name] == k.accepts and stages.ADAPTER_KINDS[k.name] == k.defaults
+        assert stages.ADAPTER_KINDS[k.name] == {**k.defaults, "loss": list(k.losses)}
         assert devtasks.DEV_TYPES[k.name] == k.serves
         for task in k.adapters:
             assert adapters.kind_of(task) is k and stages.adapter_kind(task, {}) == k.name

@@ -183,9 +183,9 @@ def test_contrastive_stages_bucket_rows_by_length_under_max_tokens(toy, monkeypa
     words = TOPICS.passage(0, rng).split()
     recs = [{"text1": " ".join(words[: rng.randint(1, 12)]), "text2": words[0], "score": 1.0} for _ in range(200)]
     path = write_jsonl(d / "mixed-lengths.jsonl", recs)
-    ph = dict(stages.COMMON, max_length=16, max_tokens=48, batch_size=8)
+    ph = dict(stages.COMMON, max_length=16, max_tokens=48, batch_size=8, loss=("cosent",))
     length = stages._longest_text(emb, ph)
-    stream = stages._stream(stages._sources([str(path)], ph, ("scored",)), ph, length)
+    stream = stages._stream(stages._sources([str(path)], ph), ph, length)
     sizes = []
     for _ in range(40):
         b = next(stream)
@@ -430,3 +430,50 @@ def test_default_configs_read_and_misspelt_settings_are_refused(toy):
         stages.phase_settings("adapters", {"train": {"keep_bset": "dev", "data": ["x.jsonl"]}}, "retrieval")
     with pytest.raises(ValueError, match="needs held-out data"):
         stages.phase_settings("adapters", {"train": {"keep_best": "dev", "data": ["x.jsonl"]}}, "retrieval")
+
+
+def test_the_loss_is_named_and_data_it_does_not_train_on_is_refused(toy):
+    # text-matching's losses (registry) are cosent + info_nce; naming cosent alone refuses a pairs file
+    refused = r"pairs records, which the loss cosent does not train on.*loss = \['info_nce'\]"
+    with pytest.raises(ValueError, match=refused):
+        stages.run_adapters(_settings(toy, "base", "tm-cosent", ["pairs"], steps=1, loss="cosent"),
+                            "text-matching", resume=False)
+    with pytest.raises(ValueError, match="unknown loss 'infonce'; choose from info_nce"):
+        stages.run_adapters(_settings(toy, "base", "tm-typo", ["pairs"], steps=1, loss="infonce"),
+                            "text-matching", resume=False)
+    # retrieval trains on pairs and tuples by default; naming cosent too lets it take scored pairs
+    with pytest.raises(ValueError, match="scored records, which the loss info_nce does not train on"):
+        stages.run_adapters(_settings(toy, "base", "r-scored", ["scored"], steps=1), "retrieval", resume=False)
+    _, history = stages.run_adapters(_settings(toy, "base", "r-scored2", ["scored"], steps=2,
+                                               loss=["info_nce", "cosent"]), "retrieval", resume=False)
+    assert len(history["adapter"]["losses"]) == 2
+    (ph,) = stages.phase_settings("adapters", {"train": {"data": ["x.jsonl"]}}, "separation")
+    assert ph["loss"] == ("separation", "info_nce", "cosent")
+
+
+def test_contrastive_runs_only_the_named_losses(toy):
+    from taskembed_train.objectives import Contrastive
+
+    emb = taskembed.load(toy[0] / "base")
+    obj = Contrastive(emb.config, loss="cosent")
+    assert set(obj.losses) == {"scored"}
+    with pytest.raises(ValueError, match="the loss cosent does not train on 'pairs' records"):
+        obj.texts("pairs", [{"query": "a", "positive": "b"}])
+    assert set(Contrastive(emb.config, loss=["info_nce", "separation"]).losses) == {"pairs", "tuples", "labelled"}
+
+
+def test_example_configs_name_losses_that_train_on_their_data():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    configs = sorted((root / "configs").glob("*.toml"))
+    assert len(configs) >= 6
+    for f in configs:
+        settings = tomllib.loads(f.read_text())
+        stage = "adapters" if f.stem.startswith("adapter-") else f.stem
+        kind = stages.adapter_kind(settings["task"], settings.get("train", {})) if stage == "adapters" else None
+        for ph in stages.phase_settings(stage, settings, kind):
+            ph["data"] = [str(root / p) for p in ph["data"]]
+            sources = stages._sources(ph["data"], ph, classification=kind == "classification", mlm=stage == "mlm")
+            assert len(sources) == len(ph["data"]), f

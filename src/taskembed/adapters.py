@@ -2,7 +2,8 @@
 
 Everything else that depends on a kind reads it from here: the model's adapter list and default prefixes
 (`config`), which adapters the evaluation harness uses per task type (`eval.tasks`), what data each kind
-trains on and its Table A1 settings (`train.stages`), and the development checks (`train.devtasks`).
+trains on with which loss and its Table A1 settings (`taskembed_train.stages`), and the development checks
+(`taskembed_train.devtasks`).
 Adding a kind means adding one record.
 """
 
@@ -18,7 +19,8 @@ class AdapterKind:
     query: str  # the adapter of a record's first text (the query side)
     document: str  # the adapter of the other texts; the same as `query` for symmetric kinds
     serves: tuple[str, ...]  # evaluation task types scored with this kind's adapters
-    accepts: tuple[str, ...]  # training data kinds (taskembed_train/data.py)
+    # the paper's losses for this kind, by name (taskembed_train/losses.py LOSSES); a config may name others
+    losses: tuple[str, ...]
     instructions: dict[str, str] = field(default_factory=dict)  # the official prefixes, per adapter
     defaults: dict[str, Any] = field(default_factory=dict)  # Table A1 training settings
 
@@ -29,24 +31,25 @@ class AdapterKind:
 
 KINDS: tuple[AdapterKind, ...] = (
     AdapterKind(
-        "retrieval", "retrieval.query", "retrieval.passage", serves=("retrieval",), accepts=("pairs", "tuples"),
+        "retrieval", "retrieval.query", "retrieval.passage", serves=("retrieval",), losses=("info_nce",),
         instructions={"retrieval.query": "Represent the query for retrieving evidence documents: ",
                       "retrieval.passage": "Represent the document for retrieval: "},
         defaults=dict(lr=5e-4, tau=0.05, max_length=512, batch_size=128, num_negatives=3)),
     AdapterKind(
         "separation", "separation", "separation", serves=("clustering", "reranking"),
-        accepts=("labelled", "pairs", "tuples", "scored"),
+        losses=("separation", "info_nce", "cosent"),
         defaults=dict(lr=5e-5, tau=0.02, max_length=192, batch_size=512)),
-    # pairs: pair classification goes through this adapter too (spec), and labelled tuples alone pull
-    # same-topic texts together regardless of meaning, so translation pairs keep it cross-lingual.
+    # Labelled texts train it as tuples with same-class positives (Gecko). Pairs too: pair classification
+    # goes through this adapter (spec), and labelled tuples alone pull same-topic texts together regardless of
+    # meaning, so translation pairs keep it cross-lingual.
     AdapterKind(
         "classification", "classification", "classification", serves=("classification", "pair_classification"),
-        accepts=("labelled", "tuples", "pairs"),
+        losses=("info_nce",),
         defaults=dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7)),
     # long retrieval uses text-matching, as the paper's LongEmbed run did
     AdapterKind(
         "text-matching", "text-matching", "text-matching", serves=("bitext_mining", "sts", "long_retrieval"),
-        accepts=("pairs", "tuples", "scored"),
+        losses=("cosent", "info_nce"),
         defaults=dict(lr=1e-4, tau=0.05, max_length=192, batch_size=256)),
 )
 

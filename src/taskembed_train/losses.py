@@ -87,6 +87,23 @@ def separation_loss(x: Tensor, labels: Tensor, tau: float = 0.05) -> Tensor:
     return _ranked_pairs_loss(sims, gold, tau)
 
 
+# The contrastive losses a training config names (`loss = ["info_nce", ...]`), and the record kinds each
+# trains on (a file's kind follows from its fields, taskembed_train/data.py; the config says which loss it
+# feeds). info_nce: pairs -> in-batch InfoNCE both ways; tuples -> Eq. 3 with the hard negatives.
+LOSSES: dict[str, tuple[str, ...]] = {"info_nce": ("pairs", "tuples"), "cosent": ("scored",),
+                                      "separation": ("labelled",)}
+
+
+def loss_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A config's `loss` (one name or a list) as a tuple of known names, or a clear error."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    unknown = [n for n in names if n not in LOSSES]
+    if not names or unknown:
+        raise ValueError(f"unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+                         + ", ".join(f"{n} ({' or '.join(k)} records)" for n, k in LOSSES.items()))
+    return names
+
+
 class Matryoshka:
     """Sum of `loss` over Matryoshka prefixes: every positional tensor argument is cut to its first d dims.
 

@@ -22,8 +22,10 @@ from .data import record_texts
 
 
 class Contrastive:
-    """Loss per data kind: pairs -> bidirectional InfoNCE; tuples -> Eq. 3 with hard negatives; scored ->
-    CoSENT; labelled -> the separation loss (Eq. 5). Each wrapped in Matryoshka over `dims`.
+    """The losses named in `loss` (losses.LOSSES), each on the record kinds it trains on: info_nce -> bidirectional
+    InfoNCE on pairs, Eq. 3 with hard negatives on tuples; cosent -> CoSENT on scored pairs; separation ->
+    Eq. 5 on labelled texts. Each wrapped in Matryoshka over `dims`. A batch of a kind no named loss trains
+    on is an error.
 
     query_task / doc_task: the adapter index of a record's first text and of the others (-1 = base
     weights). Texts get their task's instruction prefix. anchor > 0 adds that weight times
@@ -35,7 +37,7 @@ class Contrastive:
 
     def __init__(self, config: EncoderConfig, query_task: int = -1, doc_task: int = -1, tau: float = 0.05,
                  dims: Sequence[int] | None = None, weights: Sequence[float] | None = None,
-                 anchor: float = 0.0) -> None:
+                 anchor: float = 0.0, loss: str | Sequence[str] = tuple(losses.LOSSES)) -> None:
         self.query_task, self.doc_task = query_task, doc_task
         self.tau, self.anchor = tau, float(anchor)
         if self.anchor < 0:
@@ -46,16 +48,19 @@ class Contrastive:
         dims = losses.matryoshka_dims(dims, config.hidden_size)
         if weights is not None and len(weights) != len(dims):
             raise ValueError(f"matryoshka_weights has {len(weights)} values for dims {dims}")
-        self.losses = {
+        self.names = losses.loss_names(loss)
+        by_kind = {
             "pairs": losses.Matryoshka(losses.info_nce, dims, weights),
             "tuples": losses.Matryoshka(losses.info_nce_hard, dims, weights),
             "scored": losses.Matryoshka(losses.cosent, dims, weights),
             "labelled": losses.Matryoshka(losses.separation_loss, dims, weights),
         }
+        self.losses = {k: by_kind[k] for n in self.names for k in losses.LOSSES[n]}
 
     def texts(self, kind: str, records: list[dict]) -> tuple[list[str], list[int], int]:
         if kind not in self.losses:
-            raise ValueError(f"contrastive training cannot use {kind!r} data (raw text is for `train mlm`)")
+            hint = " (raw text is for `train mlm`)" if kind == "raw" else ""
+            raise ValueError(f"the loss {' + '.join(self.names)} does not train on {kind!r} records{hint}")
         texts, tasks = [], []
         k = None
         for r in records:

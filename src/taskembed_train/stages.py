@@ -27,6 +27,7 @@ from taskembed.lora import lora_parameters
 from . import dist
 from .data import BatchStream, ClassificationTuples, Source, record_texts
 from .loop import TrainConfig, Trainer
+from .losses import LOSSES, loss_names
 from .objectives import MLM, Contrastive, LMHead
 
 LM_HEAD_FILE = "lm_head.safetensors"
@@ -38,20 +39,19 @@ COMMON = dict(
     tau=0.05, matryoshka_dims=None, matryoshka_weights=None, filter_overlap=False, num_negatives=None,
     mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None, max_seconds=0.0,
     freeze_word_embeddings=False, dev_data=None, dev_size=150, dev_dims=None, keep_best="", dropout=None,
-    anchor=0.0,
+    anchor=0.0, loss=None,
 )
 
 STAGE_DEFAULTS = {
     "mlm": dict(lr=1e-4, max_length=512, batch_size=128, max_tokens=65536, micro_tokens=16384,
                 phases=[{"name": "short", "max_length": 512}]),
     "pairs": dict(lr=3e-5, tau=0.05, max_length=192, batch_size=256, filter_overlap=True,
-                  phases=[{"name": "short"}]),
+                  loss=["info_nce", "cosent"], phases=[{"name": "short"}]),
     "adapters": dict(phases=[{"name": "adapter"}]),
 }
 
-# Table A1 per adapter kind, and the data kinds each trains on (adapters.py holds both)
-ADAPTER_KINDS = {k.name: dict(k.defaults) for k in KINDS}
-ACCEPTS = {k.name: k.accepts for k in KINDS}
+# Table A1 per adapter kind, with the kind's losses (adapters.py holds both)
+ADAPTER_KINDS = {k.name: {**k.defaults, "loss": list(k.losses)} for k in KINDS}
 # every key a [train] table, a phase or --set may give
 KNOWN_SETTINGS = set(COMMON) | {k for d in (*STAGE_DEFAULTS.values(), *ADAPTER_KINDS.values()) for k in d} \
     | {"data", "name", "objective", "phases"}
@@ -87,6 +87,8 @@ def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[
         if unknown:  # a misspelt key would otherwise be ignored without a word
             raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
         merged.setdefault("name", f"phase{i + 1}")
+        if stage != "mlm":
+            merged["loss"] = loss_names(merged["loss"] or ())
         if merged["keep_best"] and not (merged["dev_data"] or merged["eval_data"]):
             raise ValueError(f"keep_best = {merged['keep_best']!r} needs held-out data to choose by: give --dev-data "
                              "FILES (or eval_data), or --set keep_best=''")
@@ -163,12 +165,24 @@ def _run_phases(emb: Embedder, phases: list[dict], output: Path, build: Callable
     return history
 
 
-def _sources(files: list[str], ph: dict, accept: tuple[str, ...], classification: bool = False) -> list:
+def _sources(files: list[str], ph: dict, classification: bool = False, mlm: bool = False) -> list:
+    """The phase's data files, each checked against what the phase trains: MLM raw or labelled text, other
+    stages the record kinds of the phase's named losses. For the classification adapter, labelled texts
+    become tuples with same-class positives (Gecko), which info_nce trains on."""
+    names = () if mlm else ph["loss"]
+    accept = {"raw", "labelled"} if mlm else {k for n in names for k in LOSSES[n]}
+    if classification and "tuples" in accept:
+        accept.add("labelled")
     out = []
     for i, f in enumerate(files):
         src = Source(f, filter_overlap=bool(ph["filter_overlap"]), num_negatives=ph["num_negatives"])
+        if mlm and src.kind not in accept:
+            raise ValueError(f"{f}: {src.kind} records; MLM trains on raw or labelled text (a `text` field)")
         if src.kind not in accept:
-            raise ValueError(f"{f}: {src.kind} data cannot train this stage/adapter (accepts: {', '.join(accept)})")
+            fits = [n for n, kinds in LOSSES.items() if src.kind in kinds]
+            raise ValueError(f"{f}: {src.kind} records, which the loss {' + '.join(names)} does not train on "
+                             f"(it takes {', '.join(sorted(accept))} records)"
+                             + (f"; name a loss that does: loss = {fits}" if fits else "; raw text is for `train mlm`"))
         if classification and src.kind == "labelled":
             src = ClassificationTuples(src, num_negatives=int(ph["num_negatives"] or 7), seed=int(ph["seed"]) + i)
         out.append(src)
@@ -325,7 +339,7 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
-        sources = _sources(ph["data"], ph, ("raw", "labelled"))
+        sources = _sources(ph["data"], ph, mlm=True)
         obj = MLM(emb.tokenizer, head, max_length=int(ph["max_length"]), prob=float(ph["mask_prob"]),
                   seed=int(ph["seed"]), micro_tokens=int(ph["micro_tokens"]) or None)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"modules": {"head": head}}
@@ -349,8 +363,8 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
         obj = Contrastive(emb.config, -1, -1, tau=float(ph["tau"]), dims=_dims(ph, emb),
-                          weights=ph["matryoshka_weights"])
-        sources = _sources(ph["data"], ph, ("pairs", "tuples", "scored"))
+                          weights=ph["matryoshka_weights"], loss=ph["loss"])
+        sources = _sources(ph["data"], ph)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
 
     history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
@@ -387,8 +401,8 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     def build(ph):
         model.rotary_emb_base = float(ph["rotary_base"])
         obj = Contrastive(cfg, q_task, d_task, tau=float(ph["tau"]), dims=_dims(ph, emb),
-                          weights=ph["matryoshka_weights"], anchor=float(ph["anchor"]))
-        sources = _sources(ph["data"], ph, ACCEPTS[kind], classification=kind == "classification")
+                          weights=ph["matryoshka_weights"], anchor=float(ph["anchor"]), loss=ph["loss"])
+        sources = _sources(ph["data"], ph, classification=kind == "classification")
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
                  "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, Path(settings["output"]), log)}
         return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
