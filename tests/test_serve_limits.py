@@ -200,7 +200,9 @@ def search_client(tiny, tmp_path_factory):
     (b'{"vector": []}', "vector"),
     (b'{"vector": [[]]}', "vector"),
     (b'{"query": "a\\ud800"}', "surrogate"),
-    (b'{"query": ["ok", ""]}', "non-empty"),
+    (b'{"query": ["ok", ""]}', "query[1] is an empty string"),
+    (b'{"query": []}', "query is empty"),
+    (b'{"query": "ok", "task": "nope"}', "unknown task 'nope'"),
 ])
 def test_search_bad_vectors_and_queries_are_400(search_client, body, message):
     r = search_client.post("/v1/search", content=body, headers={"content-type": "application/json"})
@@ -253,3 +255,22 @@ def test_openapi_documents_errors_auth_and_metrics(keyed):
     assert op["security"] == [{"HTTPBearer": []}]
     assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert "application/json" not in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+@pytest.mark.parametrize("texts, task, dimensions", [
+    (["ok"], "nope", None),
+    (["a", "b"], ["separation"], None),
+    (["ok"], "separation", 12),
+])
+def test_one_validator_for_encode_and_every_route(search_client, tiny, texts, task, dimensions):
+    """encode() and the routes answer the same bad request with the same words (inputs.py)."""
+    with pytest.raises(ValueError) as e:
+        tiny.encode(texts, task=task, dimensions=dimensions)
+    said = str(e.value).replace("texts", "inputs").replace("per text", "per input")
+    body = {"input": texts, "task": task, **({"dimensions": dimensions} if dimensions else {})}
+    for route in ("/v1/embeddings", "/v1/late_chunking"):
+        if route == "/v1/late_chunking" and isinstance(task, list):
+            continue  # one document: one task
+        assert error(search_client.post(route, json=body), 400)["message"] == said, route
+    if isinstance(task, str) and dimensions is None:
+        assert error(search_client.post("/v1/search", json={"query": texts, "task": task}), 400)["message"] == said

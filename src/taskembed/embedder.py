@@ -20,6 +20,7 @@ from torch import Tensor
 from .allocator import tune_cpu_allocator
 from .config import EncoderConfig
 from .encoder import Encoder
+from .inputs import check_dimensions, check_tasks, check_texts
 from .io import read_jsonl
 from .lora import NO_TASK, quantize_int8, record_input_absmax
 from .tokenizer import Tokenizer, TokenizerError
@@ -211,43 +212,20 @@ class Embedder:
             raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(self.tasks)} (or None)")
         return self.config.lora_adaptations.index(task)
 
-    def _check_dimensions(self, dimensions: int | None) -> int:
-        if dimensions is None:
-            return self.config.truncate_dim or self.config.hidden_size
-        if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer):
-            raise ValueError(f"dimensions must be an int, got {type(dimensions).__name__}")
-        if int(dimensions) not in self.dimensions:
-            raise ValueError(f"dimensions={dimensions} not allowed; allowed: {self.dimensions}")
-        return int(dimensions)
+    def check_dimensions(self, dimensions: int | None) -> int:
+        """A Matryoshka size this model makes (None: its full size)."""
+        return check_dimensions(dimensions, self.dimensions, self.config.truncate_dim or self.config.hidden_size)
 
     def prepare(
         self, texts: Sequence[str], task: str | Sequence[str | None] | None
     ) -> tuple[list[str], list[int]]:
-        """Validate texts and tasks; return the texts with their task prefixes and one task index per text."""
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of strings, not one string (wrap it: [text])")
-        if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-            raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts is empty: give at least one string")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise ValueError(
-                f"texts must all be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}"
-            )
-        if task is None or isinstance(task, str):
-            tasks = [task] * len(texts)
-        else:
-            tasks = list(task)
-            if len(tasks) != len(texts):
-                raise ValueError(f"got {len(tasks)} tasks for {len(texts)} texts; give one task per text")
-        ids = [self.task_index(t) for t in tasks]
+        """Validate texts and tasks (inputs.py); return the texts with their task prefixes and one task index
+        per text."""
+        texts = check_texts(texts)
+        tasks = check_tasks(task, len(texts), self.tasks)
         instr = self.config.task_instructions
-        prefixed = [
-            (instr.get(t, "") + x) if t is not None else x for t, x in zip(tasks, texts, strict=True)
-        ]
-        return prefixed, ids
+        prefixed = [(instr.get(t, "") + x) if t is not None else x for t, x in zip(tasks, texts, strict=True)]
+        return prefixed, [self.task_index(t) for t in tasks]
 
     # --- long texts --------------------------------------------------------------------------------
 
@@ -423,7 +401,7 @@ class Embedder:
         uint8, binary or ubinary (packed bits: dimensions / 8 bytes per vector).
         """
         prefixed, task_ids = self.prepare(texts, task)
-        dim = self._check_dimensions(dimensions)
+        dim = self.check_dimensions(dimensions)
         if max_length is None:
             max_length = self.default_max_length
         if precision not in PRECISIONS:

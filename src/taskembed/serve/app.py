@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import late_chunking
 from ..embedder import Embedder, quantize
+from ..inputs import InputError, check_tasks, check_texts
 from ..tokenizer import TokenizerError
 from .batcher import Aborted, Batcher, Job, QueueFull
 from .errors import ERROR_SCHEMA, ApiError, error_response
@@ -318,6 +319,10 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
+    @app.exception_handler(InputError)
+    async def _bad_input(request: Request, exc: InputError) -> Response:
+        return error_response(400, str(exc), exc.param, exc.code)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         msg, param = _validation_message(exc)
@@ -337,26 +342,12 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
         if req.model is not None and req.model not in s.model_names:
             raise ApiError(404, f"model {req.model!r} not found; this server has: {', '.join(s.model_names)}",
                            "model", "model_not_found")
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        if not texts:
-            raise ApiError(400, "input is empty: give at least one string", "input")
-        if len(texts) > s.max_inputs:
-            raise ApiError(400, f"too many inputs: {len(texts)} > {s.max_inputs} per request", "input")
-        empty = next((i for i, t in enumerate(texts) if not t), None)
-        if empty is not None:
-            raise ApiError(400, f"input[{empty}] is an empty string", "input")
+        # inputs.py's checks, as encode() makes them; an InputError is answered with a 400 (below)
+        texts = check_texts(req.input, "input", one_string=True, empty_strings=False, max_inputs=s.max_inputs)
         check_unicode(texts, "input")
         task = req.task if "task" in req.model_fields_set else s.default_task
-        tasks = task if isinstance(task, list) else [task] * len(texts)
-        if len(tasks) != len(texts):
-            raise ApiError(400, f"got {len(tasks)} tasks for {len(texts)} inputs; give one task per input", "task")
-        bad = next((t for t in tasks if t is not None and t not in emb.tasks), None)
-        if bad is not None:
-            raise ApiError(400, f"unknown task {bad!r}; allowed: {', '.join(emb.tasks)}", "task", "invalid_task")
-        full = emb.config.truncate_dim or emb.config.hidden_size
-        dim = full if req.dimensions is None else req.dimensions
-        if dim not in emb.dimensions:
-            raise ApiError(400, f"dimensions={dim} not allowed; allowed: {emb.dimensions}", "dimensions")
+        tasks = check_tasks(task, len(texts), emb.tasks, per="input")
+        dim = emb.check_dimensions(req.dimensions)
         etype = req.embedding_type or "float"
         precision = {"float": "float32", "base64": "float32"}.get(etype, etype)
         b64 = etype == "base64" or req.encoding_format == "base64"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..index import VectorIndex
+from ..inputs import check_tasks, check_texts
 from .app import BODY_ERROR_DOCS, bearer, submit, text_job, tokenize, wait_for_job
 from .errors import ApiError, json_response
 from .limits import check_chars, check_unicode
@@ -62,15 +63,9 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
             if batcher.closing:
                 raise ApiError(503, "the server is shutting down; retry on another instance", code="shutting_down",
                                headers={"Connection": "close"})
-            texts = [req.query] if isinstance(req.query, str) else req.query
-            if not texts or any(not t for t in texts):
-                raise ApiError(400, "query must be a non-empty string or a list of non-empty strings", "query")
-            if len(texts) > s.max_inputs:
-                raise ApiError(400, f"too many queries: {len(texts)} > {s.max_inputs}", "query")
+            texts = check_texts(req.query, "query", one_string=True, empty_strings=False, max_inputs=s.max_inputs)
             check_unicode(texts, "query")
-            task = req.task or index.info.get("query_task")
-            if task is not None and task not in emb.tasks:
-                raise ApiError(400, f"unknown task {task!r}; allowed: {', '.join(emb.tasks)}", "task")
+            task = check_tasks(req.task or index.info.get("query_task"), len(texts), emb.tasks, per="query")
             # Queries are always truncated, as `taskembed search` does.
             texts = check_chars(texts, lim["text_chars"], lim["request_chars"], True, "query")
             prefixed, task_ids = emb.prepare(texts, task)
