@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .allocator import tune_cpu_allocator
+from .batching import plan_batches
 from .config import EncoderConfig
 from .encoder import Encoder
 from .inputs import check_dimensions, check_tasks, check_texts
@@ -290,23 +291,9 @@ class Embedder:
     # --- batching ----------------------------------------------------------------------------------
 
     def batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
-        """Indices sorted by length (longest first), cut into batches within the token budget.
-
-        The budget counts padded tokens (rows x longest) for padded batches and real tokens when packed.
-        """
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches, cur, cur_max, cur_sum = [], [], 0, 0
-        for i in order:
-            new_max, new_sum = max(cur_max, lengths[i]), cur_sum + lengths[i]
-            cost = new_sum if self.packed else new_max * (len(cur) + 1)
-            if cur and (len(cur) >= batch_size or cost > self.max_batch_tokens):
-                batches.append(cur)
-                cur, new_max, new_sum = [], lengths[i], lengths[i]
-            cur.append(i)
-            cur_max, cur_sum = new_max, new_sum
-        if cur:
-            batches.append(cur)
-        return batches
+        """Indices sorted by length (longest first), cut into batches within the token budget
+        (batching.py: padded tokens for padded batches, real tokens when packed)."""
+        return plan_batches(lengths, self.max_batch_tokens, batch_size, self.packed)
 
     def forward_pooled(self, ids: list[list[int]], task_ids: list[int],
                        between: Callable[[], None] | None = None) -> Tensor:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskembed.batching import plan_batches
+
 KINDS = ("pairs", "tuples", "scored", "labelled", "raw")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -351,18 +353,8 @@ class BatchStream:
             self.pending[src.name].append([src.next() for _ in range(size)])
             return
         pool = [src.next() for _ in range(size * self.pool_batches)]
-        pool.sort(key=self.length_fn)
-        batches, cur, longest = [], [], 0
-        for r in pool:
-            n = self.length_fn(r)
-            new_longest = max(longest, n)
-            if cur and (len(cur) >= size or new_longest * (len(cur) + 1) > self.max_tokens):
-                batches.append(cur)
-                cur, new_longest = [], n
-            cur.append(r)
-            longest = new_longest
-        if cur:
-            batches.append(cur)
+        cuts = plan_batches([self.length_fn(r) for r in pool], self.max_tokens, size, longest_first=False)
+        batches = [[pool[i] for i in cut] for cut in cuts]
         self.rng.shuffle(batches)
         self.pending[src.name].extend(batches)
 

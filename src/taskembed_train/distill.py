@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from taskembed.batching import plan_batches
 from taskembed.encoder import Encoder
 from taskembed.io import iter_jsonl
 
@@ -287,15 +288,9 @@ class Distill:
         prefix = self.teacher.PREFIXES[kind]
         rows = self.teacher.tokenizer.encode([prefix + t for t in texts], self.teacher.max_length).ids
         per = 2 if with_copy[0] else 1
-        units = sorted(range(len(records)), key=lambda i: -max(len(rows[per * i + j]) for j in range(per)))
-        groups, cur = [], []
-        for i in units:
-            longest = max(len(rows[per * u + j]) for u in (cur[:1] or [i]) for j in range(per))
-            if cur and self.micro_tokens and longest * per * (len(cur) + 1) > self.micro_tokens:
-                groups.append(cur)
-                cur = []
-            cur.append(i)
-        groups.append(cur)
+        # a record and its copy stay together: `per` rows of the longer one's length per record
+        longest = [max(len(rows[per * i + j]) for j in range(per)) for i in range(len(records))]
+        groups = plan_batches(longest, self.micro_tokens // per if self.micro_tokens else None)
         device = next(self.teacher.model.parameters()).device
         amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         micros, n_tokens, change = [], 0, 0.0

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from taskembed.batching import plan_batches
 from taskembed.config import EncoderConfig
 from taskembed.tokenizer import Tokenizer
 
@@ -173,15 +174,7 @@ class MLM:
             ids_m, labels = losses.whole_word_mask(ids, torch.ones_like(ids), self.starts, self.special,
                                                    self.tokenizer.mask_id, self.vocab_size, self.prob, g)
             masked.append((ids_m[0].tolist(), labels[0].tolist()))
-        order = sorted(range(len(masked)), key=lambda i: -len(masked[i][0]))
-        groups, cur = [], []
-        for i in order:
-            longest = len(masked[cur[0]][0]) if cur else len(masked[i][0])
-            if cur and self.micro_tokens and longest * (len(cur) + 1) > self.micro_tokens:
-                groups.append(cur)
-                cur = []
-            cur.append(i)
-        groups.append(cur)
+        groups = plan_batches([len(m[0]) for m in masked], self.micro_tokens or None)
         micros, n_masked, n_tokens = [], 0, 0
         for grp in groups:
             ids, mask = pad([masked[i][0] for i in grp], self.tokenizer.pad_id)

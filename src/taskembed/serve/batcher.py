@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .. import late_chunking
 from ..allocator import trim_heap
+from ..batching import TokenBudget
 from ..embedder import Embedder
 from .metrics import Metrics
 
@@ -239,23 +240,20 @@ class Batcher:
         if order[0].plan is not None:
             self._streak = 0 if order[0] is oldest else self._streak + 1
             return order[0], []
-        packed = getattr(self.emb, "packed", False)
         chosen: list[tuple[Job, int]] = []
-        tokens = width = 0
+        budget = TokenBudget(self.max_batch_tokens, MAX_ROWS_PER_PASS, getattr(self.emb, "packed", False))
         quick_in = False
         for job in order:
             if job.plan is not None or len(chosen) >= MAX_ROWS_PER_PASS:
                 continue
             quick = left[job] <= self.quick_tokens
-            budget = self.max_batch_tokens if quick or not quick_in else self.quick_tokens
+            limit = self.max_batch_tokens if quick or not quick_in else self.quick_tokens
             keep = []
             for r in job.pending:
                 n = len(job.ids[r])
-                w = max(width, n)
-                cost = tokens + n if packed else w * (len(chosen) + 1)
-                if len(chosen) < MAX_ROWS_PER_PASS and (not chosen or cost <= budget):
+                if budget.fits(n, limit):
                     chosen.append((job, r))
-                    tokens, width = tokens + n, w
+                    budget.add(n)
                     quick_in = quick_in or quick
                 else:
                     keep.append(r)
@@ -360,14 +358,14 @@ class Batcher:
         quick = sorted((j for j in self.active if j.pending and j.plan is None
                         and j.pending_tokens() <= self.quick_tokens), key=lambda j: (j.pending_tokens(), j.seq))
         chosen: list[tuple[Job, int]] = []
-        tokens = 0
+        budget = TokenBudget(self.max_batch_tokens, MAX_ROWS_PER_PASS, packed=True)  # quick passes run packed
         for job in quick:
             keep = []
             for r in job.pending:
                 n = len(job.ids[r])
-                if len(chosen) < MAX_ROWS_PER_PASS and (not chosen or tokens + n <= self.max_batch_tokens):
+                if budget.fits(n):
                     chosen.append((job, r))
-                    tokens += n
+                    budget.add(n)
                 else:
                     keep.append(r)
             job.pending = keep
@@ -375,7 +373,7 @@ class Batcher:
         for j in {j for j, _ in chosen}:
             if j.rows_left == j.size:
                 self.metrics.queue_seconds.observe(now - j.enqueued)
-        self.queued_tokens -= tokens
+        self.queued_tokens -= budget.tokens
         self.queued_inputs -= len(chosen)
         self._gauges()
         if chosen:
