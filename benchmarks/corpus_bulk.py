@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from taskembed import corpus
+from taskembed.io import iter_jsonl
 from tests.support.tiny import make_tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,7 @@ SIZES = {
 def docs(n: int) -> list[dict]:
     out = []
     for d in sorted((ROOT / "data" / "eval").glob("*retrieval*")):
-        for line in (d / "corpus.jsonl").open(encoding="utf-8"):
-            r = json.loads(line)
+        for r in iter_jsonl(d / "corpus.jsonl"):
             out.append({"id": f"{d.name}/{r['id']}", "text": r["text"]})
             if len(out) == n:
                 return out

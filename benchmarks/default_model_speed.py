@@ -15,7 +15,6 @@ Texts: passages and queries of the evaluation suite (data/eval), which neither m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 import taskembed
 from taskembed.embedder import mean_pool
+from taskembed.io import iter_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["lohelp-index-retrieval-en", "lohelp-index-retrieval-de", "manpage-retrieval-fr",
@@ -34,8 +34,8 @@ def real_texts(n: int) -> list[str]:
     out: list[str] = []
     for name in SOURCES:
         for f in ("corpus.jsonl", "queries.jsonl"):
-            with open(ROOT / "data" / "eval" / name / f, encoding="utf-8") as fh:
-                out += [json.loads(line)["text"] for _, line in zip(range(n // (2 * len(SOURCES))), fh, strict=False)]
+            rows = iter_jsonl(ROOT / "data" / "eval" / name / f)
+            out += [r["text"] for _, r in zip(range(n // (2 * len(SOURCES))), rows, strict=False)]
     return out
 
 

@@ -23,3 +23,10 @@ def test_a_broken_line_names_file_and_line(tmp_path):
     assert next(records) == {"text": "ok"}
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: not a JSON record"):
         next(records)
+
+
+def test_a_line_that_is_json_but_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"text": "ok"}\n\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"list\.jsonl:3: not a JSON record \(a JSON object"):
+        read_jsonl(path)

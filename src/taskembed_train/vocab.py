@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from taskembed.encoder import Encoder
+from taskembed.io import iter_jsonl
 from taskembed.tokenizer import Tokenizer
 
 SPECIAL_PIECES = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -110,9 +111,8 @@ def record_texts(paths: list[str], records: int) -> list[str]:
     """Every string field but "label" of the first `records` records of each JSONL file."""
     out: list[str] = []
     for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for _, line in zip(range(records), fh, strict=False):
-                out += [v for k, v in json.loads(line).items() if isinstance(v, str) and k != "label"]
+        for _, r in zip(range(records), iter_jsonl(path), strict=False):
+            out += [v for k, v in r.items() if isinstance(v, str) and k != "label"]
     return out
 
 
