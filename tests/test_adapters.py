@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from taskembed import adapters
 from taskembed.config import EncoderConfig
 from taskembed.eval.tasks import MAIN_SCORE
 from taskembed_train import data, devtasks, losses, stages
+from taskembed_train.settings import Phase
 
 
 def test_official_adapter_order_and_prefixes():
@@ -28,7 +31,7 @@ def test_training_tables_come_from_the_registry():
     for k in adapters.KINDS:
         assert losses.loss_names(k.losses) == k.losses
         assert {d for n in k.losses for d in losses.LOSSES[n]} <= set(data.KINDS) - {"raw"}
-        assert set(k.defaults) <= stages.KNOWN_SETTINGS
+        assert set(k.defaults) <= {f.name for f in dataclasses.fields(Phase)}
         assert stages.ADAPTER_KINDS[k.name] == {**k.defaults, "loss": list(k.losses)}
         assert devtasks.DEV_TYPES[k.name] == k.serves
         for task in k.adapters:

@@ -363,16 +363,18 @@ def test_distill_sources_short_long_and_detail_batches(tmp_path):
     """The phase's sources: plain short texts, long documents at their own length and rows per batch, and
     documents with an inserted copy at detail_batch_size; weights are the configured shares."""
     from taskembed_train.distill import sources
-    from taskembed_train.stages import COMMON, STAGE_DEFAULTS
+    from taskembed_train.settings import Phase
+    from taskembed_train.stages import STAGE_DEFAULTS
 
     words = [f"word{i} sentence number {i} is here." for i in range(40)]
     short, docs = tmp_path / "short.jsonl", tmp_path / "docs.jsonl"
     short.write_text("".join(json.dumps({"text": w}) + "\n" for w in words[:20]))
     docs.write_text("".join(json.dumps({"query": "q", "positive": w}) + "\n" for w in words[20:]))
-    ph = {**COMMON, **STAGE_DEFAULTS["distill"], "data": [str(short)], "insert_weight": 1.0, "join_chars": 120,
+    defaults = {k: v for k, v in STAGE_DEFAULTS["distill"].items() if k != "phases"}
+    ph = {**defaults, "data": [str(short)], "insert_weight": 1.0, "join_chars": 120,
           "detail_data": [str(docs)], "detail_share": 0.25, "detail_batch_size": 3, "long_share": 0.25,
           "long_length": 64, "long_tokens": 128, "steps": 10}
-    srcs, weights = sources(ph)
+    srcs, weights = sources(Phase.from_dict(ph))
     assert [s.name for s in srcs] == ["short", "long", "detail"] and weights == [0.5, 0.25, 0.25]
     stream = BatchStream(srcs, batch_size=5, weights=weights, seed=0)
     seen = {}
@@ -385,7 +387,7 @@ def test_distill_sources_short_long_and_detail_batches(tmp_path):
     assert len(d) == 3 and all(r["inserted"] != r["text"] and len(r["text"]) >= 120 for r in d)
     assert all("sentence number" in r["text"] and int(r["text"][4:6].strip()) >= 20 for r in d)  # detail_data's
     with pytest.raises(ValueError, match="no room for short batches"):
-        sources({**ph, "long_share": 0.8})
+        sources(Phase.from_dict({**ph, "long_share": 0.8}))
 
 
 def test_distill_objective_is_the_reference_loss_and_micro_batches_add_up_exactly(tok, pieces):

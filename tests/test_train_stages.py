@@ -7,6 +7,7 @@ import json
 import random
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from taskembed.io import write_jsonl
 from taskembed_train import stages
 from taskembed_train.cli import main as train_main
 from taskembed_train.objectives import MLM, LMHead
+from taskembed_train.settings import Phase
 
 TOPICS = Topics.make(n_topics=8, seed=3)
 HELD_OUT = range(100, 104)  # seeds of held-out texts; training data uses seeds < 10
@@ -183,7 +185,7 @@ def test_contrastive_stages_bucket_rows_by_length_under_max_tokens(toy, monkeypa
     words = TOPICS.passage(0, rng).split()
     recs = [{"text1": " ".join(words[: rng.randint(1, 12)]), "text2": words[0], "score": 1.0} for _ in range(200)]
     path = write_jsonl(d / "mixed-lengths.jsonl", recs)
-    ph = dict(stages.COMMON, max_length=16, max_tokens=48, batch_size=8, loss=("cosent",))
+    ph = Phase(max_length=16, max_tokens=48, batch_size=8, loss=["cosent"])
     length = stages._longest_text(emb, ph)
     stream = stages._stream(stages._sources([str(path)], ph), ph, length)
     sizes = []
@@ -425,7 +427,7 @@ def test_default_configs_read_and_misspelt_settings_are_refused(toy):
         kind = stages.adapter_kind(settings["task"], settings) if stage == "adapters" else None
         over = {"data": ["x.jsonl"], "dev_data": ["dev.jsonl"]}
         (ph,) = stages.phase_settings(stage, {**settings, "overrides": over}, kind)
-        assert ph["steps"] > 0, f
+        assert ph.steps > 0, f
     with pytest.raises(ValueError, match="keep_bset"):
         stages.phase_settings("adapters", {"train": {"keep_bset": "dev", "data": ["x.jsonl"]}}, "retrieval")
     with pytest.raises(ValueError, match="needs held-out data"):
@@ -448,7 +450,7 @@ def test_the_loss_is_named_and_data_it_does_not_train_on_is_refused(toy):
                                                loss=["info_nce", "cosent"]), "retrieval", resume=False)
     assert len(history["adapter"]["losses"]) == 2
     (ph,) = stages.phase_settings("adapters", {"train": {"data": ["x.jsonl"]}}, "separation")
-    assert ph["loss"] == ("separation", "info_nce", "cosent")
+    assert ph.loss == ["separation", "info_nce", "cosent"]
 
 
 def test_contrastive_runs_only_the_named_losses(toy):
@@ -474,6 +476,21 @@ def test_example_configs_name_losses_that_train_on_their_data():
         stage = "adapters" if f.stem.startswith("adapter-") else f.stem
         kind = stages.adapter_kind(settings["task"], settings.get("train", {})) if stage == "adapters" else None
         for ph in stages.phase_settings(stage, settings, kind):
-            ph["data"] = [str(root / p) for p in ph["data"]]
-            sources = stages._sources(ph["data"], ph, classification=kind == "classification", mlm=stage == "mlm")
-            assert len(sources) == len(ph["data"]), f
+            ph.data = [str(root / p) for p in ph.data]
+            sources = stages._sources(ph.data, ph, classification=kind == "classification", mlm=stage == "mlm")
+            assert len(sources) == len(ph.data), f
+
+
+def test_phase_settings_are_typed_and_wrong_types_are_refused():
+    base = {"train": {"data": "one.jsonl", "lr": 1, "matryoshka_dims": [32, 64]}}
+    (ph,) = stages.phase_settings("pairs", base)
+    assert ph.data == ["one.jsonl"] and ph.lr == 1.0 and isinstance(ph.lr, float)
+    assert ph.batch_size == 256 and ph.loss == ["info_nce", "cosent"]  # the stage's defaults
+    for key, value, said in [("lr", "fast", "setting lr must be float, got 'fast'"),
+                             ("steps", 2.5, "setting steps must be int"),
+                             ("bf16", "yes", "setting bf16 must be bool"),
+                             ("matryoshka_dims", [32, "64"], "setting matryoshka_dims must be list"),
+                             ("dropout", [0.1], "setting dropout must be float or none")]:
+        with pytest.raises(ValueError, match=re.escape(said)):
+            stages.phase_settings("pairs", {**base, "overrides": {key: value}})
+    assert stages._train_config(ph, Path("out")).lr == 1.0

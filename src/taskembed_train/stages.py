@@ -1,4 +1,5 @@
-"""The paper's training stages (spec §2.3) as functions of one settings dict (a TOML file + overrides).
+"""The paper's training stages (spec §2.3) as functions of one settings dict (a TOML file + overrides),
+each run as typed phases (settings.Phase).
 
   distill   The rotary route's start: a converted rotary model pulled back to its absolute-position teacher.
   mlm       Stage I: MLM with whole-word masking, rotary positions at base 10000, XLM-R LM head.
@@ -12,6 +13,7 @@ the latest checkpoint; the result is saved in the official layout with Embedder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -31,18 +33,9 @@ from .data import BatchStream, ClassificationTuples, Source, record_texts
 from .loop import TrainConfig, Trainer
 from .losses import LOSSES, loss_names
 from .objectives import MLM, Contrastive, LMHead
+from .settings import Phase
 
 LM_HEAD_FILE = "lm_head.safetensors"
-
-COMMON = dict(
-    seed=0, lr=1e-4, warmup_steps=0, steps=100, batch_size=32, max_length=512, grad_cache_rows=0,
-    weight_decay=0.01, max_grad_norm=1.0, bf16=True, gradient_checkpointing=False, checkpoint_every=0,
-    keep_checkpoints=2, log_every=10, eval_every=0, rotary_base=10000.0, weights=None, max_tokens=0,
-    tau=0.05, matryoshka_dims=None, matryoshka_weights=None, filter_overlap=False, num_negatives=None,
-    mask_prob=0.15, micro_tokens=0, pool_batches=16, eval_data=None, max_seconds=0.0,
-    freeze_word_embeddings=False, dev_data=None, dev_size=150, dev_dims=None, keep_best="", dropout=None,
-    anchor=0.0, loss=None,
-)
 
 STAGE_DEFAULTS = {
     "mlm": dict(lr=1e-4, max_length=512, batch_size=128, max_tokens=65536, micro_tokens=16384,
@@ -60,9 +53,6 @@ STAGE_DEFAULTS = {
 
 # Table A1 per adapter kind, with the kind's losses (adapters.py holds both)
 ADAPTER_KINDS = {k.name: {**k.defaults, "loss": list(k.losses)} for k in KINDS}
-# every key a [train] table, a phase or --set may give
-KNOWN_SETTINGS = set(COMMON) | {k for d in (*STAGE_DEFAULTS.values(), *ADAPTER_KINDS.values()) for k in d} \
-    | {"data", "name", "objective", "phases"}
 
 
 def _kind_by_name(task: str) -> str | None:
@@ -80,43 +70,35 @@ def adapter_kind(task: str, settings: dict) -> str:
     return kind
 
 
-def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[dict]:
-    """Merge defaults, the file's [train] table, each [[phases]] entry and overrides into one dict per phase."""
-    base = {**COMMON, **{k: v for k, v in STAGE_DEFAULTS[stage].items() if k != "phases"}}
+def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[Phase]:
+    """Merge the stage's defaults (and the adapter kind's), the file's [train] table, each [[phases]] entry and
+    the overrides into one typed Phase each."""
+    base = {k: v for k, v in STAGE_DEFAULTS[stage].items() if k != "phases"}
     if kind:
         base.update(ADAPTER_KINDS[kind])
     base.update(settings.get("train", {}))
-    phases = settings.get("phases") or STAGE_DEFAULTS[stage]["phases"]
     overrides = settings.get("overrides", {})
     out = []
-    for i, ph in enumerate(phases):
-        merged = {**base, **ph, **overrides}
-        unknown = sorted(set(merged) - KNOWN_SETTINGS)
-        if unknown:  # a misspelt key would otherwise be ignored without a word
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        merged.setdefault("name", f"phase{i + 1}")
+    for i, entry in enumerate(settings.get("phases") or STAGE_DEFAULTS[stage]["phases"]):
+        ph = Phase.from_dict({**base, **entry, **overrides})
+        ph.name = ph.name or f"phase{i + 1}"
         if stage not in ("mlm", "distill"):
-            merged["loss"] = loss_names(merged["loss"] or ())
-        if merged["keep_best"] and not (merged["dev_data"] or merged["eval_data"]):
-            raise ValueError(f"keep_best = {merged['keep_best']!r} needs held-out data to choose by: give --dev-data "
+            ph.loss = list(loss_names(ph.loss or ()))
+        if ph.keep_best and not (ph.dev_data or ph.eval_data):
+            raise ValueError(f"keep_best = {ph.keep_best!r} needs held-out data to choose by: give --dev-data "
                              "FILES (or eval_data), or --set keep_best=''")
-        if not merged.get("data"):
-            raise ValueError(f"phase {merged['name']!r} has no data files (give `data = [...]` or --data)")
-        out.append(merged)
+        if not ph.data:
+            raise ValueError(f"phase {ph.name!r} has no data files (give `data = [...]` or --data)")
+        out.append(ph)
     return out
 
 
-def _train_config(ph: dict, output: Path) -> TrainConfig:
-    return TrainConfig(
-        steps=int(ph["steps"]), lr=float(ph["lr"]), warmup_steps=int(ph["warmup_steps"]),
-        weight_decay=float(ph["weight_decay"]), max_grad_norm=ph["max_grad_norm"] or None,
-        grad_cache_rows=int(ph["grad_cache_rows"]) or None, max_length=int(ph["max_length"]),
-        bf16=bool(ph["bf16"]), gradient_checkpointing=bool(ph["gradient_checkpointing"]),
-        checkpoint_every=int(ph["checkpoint_every"]), checkpoint_dir=str(output / "checkpoints" / ph["name"]),
-        keep_checkpoints=int(ph["keep_checkpoints"]), log_every=int(ph["log_every"]),
-        eval_every=int(ph["eval_every"]), seed=int(ph["seed"]), name=ph["name"],
-        max_seconds=float(ph["max_seconds"]), keep_best=str(ph["keep_best"] or ""),
-    )
+def _train_config(ph: Phase, output: Path) -> TrainConfig:
+    """The trainer's share of a phase's settings (the same names), and where its checkpoints go."""
+    same = {f.name: getattr(ph, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ph, f.name)}
+    return TrainConfig(**{**same, "max_grad_norm": ph.max_grad_norm or None,
+                          "grad_cache_rows": ph.grad_cache_rows or None,
+                          "checkpoint_dir": str(output / "checkpoints" / ph.name)})
 
 
 def _set_dropout(model: torch.nn.Module, p: float | None) -> None:
@@ -137,8 +119,8 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _run_phases(emb: Embedder, phases: list[dict], output: Path, build: Callable[[dict], tuple],
-                resume: bool, log: Callable[[str], None]) -> dict[str, dict]:
+def _run_phases(emb: Embedder, phases: list[Phase], output: Path, build: Callable[[Phase], tuple],
+                resume: bool, log: Callable[[str], None], head: LMHead | None = None) -> dict[str, dict]:
     """Run each phase; a finished phase (its `final` checkpoint present) is loaded instead of re-run.
 
     Returns {phase: {"losses": [...], "evals": [(step, metrics)]}} for the phases run now."""
@@ -147,43 +129,43 @@ def _run_phases(emb: Embedder, phases: list[dict], output: Path, build: Callable
         cfg = _train_config(ph, output)
         done = Path(cfg.checkpoint_dir) / "final.pt"
         if resume and done.is_file():
-            log(f"[{ph['name']}] already finished; loading its weights")
+            log(f"[{ph.name}] already finished; loading its weights")
             state = torch.load(done, map_location="cpu", weights_only=False)
             emb.model.load_state_dict(state["model"])
-            if "head" in state and ph.get("_head") is not None:
-                ph["_head"].load_state_dict(state["head"])
+            if "head" in state and head is not None:
+                head.load_state_dict(state["head"])
             continue
         _seed_all(cfg.seed)
-        _set_dropout(emb.model, ph["dropout"])
+        _set_dropout(emb.model, ph.dropout)
         objective, stream, kwargs = build(ph)
         trainer = Trainer(emb.model, objective, stream, cfg, tokenizer=emb.tokenizer, log=log, **kwargs)
         latest = Trainer.latest_checkpoint(cfg.checkpoint_dir) if resume else None
         if latest is not None:
-            log(f"[{ph['name']}] resuming from {latest}")
+            log(f"[{ph.name}] resuming from {latest}")
             trainer.load_checkpoint(latest)
         trainer.train()
-        history[ph["name"]] = {"losses": list(trainer.losses), "evals": list(trainer.evals)}
+        history[ph.name] = {"losses": list(trainer.losses), "evals": list(trainer.evals)}
         if trainer.rank == 0:
             final = {"model": emb.model.state_dict()}
-            if ph.get("_head") is not None:
-                final["head"] = ph["_head"].state_dict()
+            if head is not None:
+                final["head"] = head.state_dict()
             Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             torch.save(final, done)
         dist.barrier()
     return history
 
 
-def _sources(files: list[str], ph: dict, classification: bool = False, mlm: bool = False) -> list:
+def _sources(files: list[str], ph: Phase, classification: bool = False, mlm: bool = False) -> list:
     """The phase's data files, each checked against what the phase trains: MLM raw or labelled text, other
     stages the record kinds of the phase's named losses. For the classification adapter, labelled texts
     become tuples with same-class positives (Gecko), which info_nce trains on."""
-    names = () if mlm else ph["loss"]
+    names = () if mlm else ph.loss
     accept = {"raw", "labelled"} if mlm else {k for n in names for k in LOSSES[n]}
     if classification and "tuples" in accept:
         accept.add("labelled")
     out = []
     for i, f in enumerate(files):
-        src = Source(f, filter_overlap=bool(ph["filter_overlap"]), num_negatives=ph["num_negatives"])
+        src = Source(f, filter_overlap=bool(ph.filter_overlap), num_negatives=ph.num_negatives)
         if mlm and src.kind not in accept:
             raise ValueError(f"{f}: {src.kind} records; MLM trains on raw or labelled text (a `text` field)")
         if src.kind not in accept:
@@ -192,15 +174,15 @@ def _sources(files: list[str], ph: dict, classification: bool = False, mlm: bool
                              f"(it takes {', '.join(sorted(accept))} records)"
                              + (f"; name a loss that does: loss = {fits}" if fits else "; raw text is for `train mlm`"))
         if classification and src.kind == "labelled":
-            src = ClassificationTuples(src, num_negatives=int(ph["num_negatives"] or 7), seed=int(ph["seed"]) + i)
+            src = ClassificationTuples(src, num_negatives=int(ph.num_negatives or 7), seed=int(ph.seed) + i)
         out.append(src)
     return out
 
 
-def _longest_text(emb: Embedder, ph: dict) -> Callable[[dict], int]:
+def _longest_text(emb: Embedder, ph: Phase) -> Callable[[dict], int]:
     """A record's longest text in tokens (capped at max_length): what one row of a batch costs, for the
     `max_tokens` length buckets of every stage (an MLM text, a pair's longer side, a tuple's longest)."""
-    cap, tok = int(ph["max_length"]), emb.tokenizer
+    cap, tok = int(ph.max_length), emb.tokenizer
 
     def length(r: dict) -> int:
         return min(max(tok.count_tokens(record_texts(r))), cap)
@@ -208,21 +190,21 @@ def _longest_text(emb: Embedder, ph: dict) -> Callable[[dict], int]:
     return length
 
 
-def _stream(sources: list, ph: dict, length_fn=None) -> BatchStream:
-    return BatchStream(sources, batch_size=int(ph["batch_size"]), weights=ph["weights"] or None,
-                       seed=int(ph["seed"]), max_tokens=int(ph["max_tokens"]) or None, length_fn=length_fn,
-                       pool_batches=int(ph["pool_batches"]))
+def _stream(sources: list, ph: Phase, length_fn=None) -> BatchStream:
+    return BatchStream(sources, batch_size=int(ph.batch_size), weights=ph.weights or None,
+                       seed=int(ph.seed), max_tokens=int(ph.max_tokens) or None, length_fn=length_fn,
+                       pool_batches=int(ph.pool_batches))
 
 
-def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int, kind: str | None = None,
+def _eval_fn(emb: Embedder, ph: Phase, q_task: int, d_task: int, kind: str | None = None,
              output: Path | None = None, log=None) -> Callable[[int], dict] | None:
     """Held-out checks during training: MRR for an `eval_data` pairs/tuples file, Spearman for scored pairs;
     and for an adapter, `dev_data` files made into small tasks of the suite's types it serves (devtasks),
     whose mean main score is `dev` (the base model's scores are logged once for comparison)."""
     checks = []
-    if ph.get("eval_data"):
+    if ph.eval_data:
         checks.append(_pair_check(emb, ph, q_task, d_task))
-    if ph.get("dev_data") and kind is not None:
+    if ph.dev_data and kind is not None:
         checks.append(_dev_check(emb, ph, kind, output or Path("."), log or _stderr))
     if not checks:
         return None
@@ -243,16 +225,16 @@ def _eval_fn(emb: Embedder, ph: dict, q_task: int, d_task: int, kind: str | None
     return run
 
 
-def _pair_check(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[int], dict]:
+def _pair_check(emb: Embedder, ph: Phase, q_task: int, d_task: int) -> Callable[[int], dict]:
     from taskembed.eval.metrics import paired_mrr, spearman
 
-    src = Source(ph["eval_data"])
+    src = Source(ph.eval_data)
     records = [src.next() for _ in range(min(src.size, 2000))]
     names = emb.config.lora_adaptations
 
     def encode(texts, task):
         name = names[task] if task >= 0 else None
-        return emb.encode(texts, task=name, max_length=int(ph["max_length"]))
+        return emb.encode(texts, task=name, max_length=int(ph.max_length))
 
     def run(step: int) -> dict:
         if src.kind in ("pairs", "tuples"):
@@ -267,20 +249,20 @@ def _pair_check(emb: Embedder, ph: dict, q_task: int, d_task: int) -> Callable[[
     return run
 
 
-def _dev_check(emb: Embedder, ph: dict, kind: str, output: Path, log) -> Callable[[int], dict]:
+def _dev_check(emb: Embedder, ph: Phase, kind: str, output: Path, log) -> Callable[[int], dict]:
     from .devtasks import build_dev_tasks, score_dev_tasks
 
     tasks: list = []
     # full size and, with `dev_dims`, Matryoshka sizes too, each an equal share of `dev`
-    dims = [None, *ph["dev_dims"]] if ph.get("dev_dims") else [None]
+    dims = [None, *ph.dev_dims] if ph.dev_dims else [None]
 
     def run(step: int) -> dict:
         if not tasks:  # built on the first call, at the inference rotary base like every score
-            tasks.extend(build_dev_tasks(ph["dev_data"], kind, output / "dev-tasks" / ph["name"],
-                                         lambda texts: emb.encode(list(texts), task=None), n=int(ph["dev_size"]),
-                                         seed=int(ph["seed"])))
+            tasks.extend(build_dev_tasks(ph.dev_data, kind, output / "dev-tasks" / ph.name,
+                                         lambda texts: emb.encode(list(texts), task=None), n=int(ph.dev_size),
+                                         seed=int(ph.seed)))
             base = score_dev_tasks(tasks, emb, adapter_override=None, dims=dims)
-            log(f"[{ph['name']}] dev tasks ({len(tasks)}), base model without adapter: "
+            log(f"[{ph.name}] dev tasks ({len(tasks)}), base model without adapter: "
                 + " ".join(f"{k} {v:.2f}" for k, v in base.items()))
         return score_dev_tasks(tasks, emb, dims=dims)
 
@@ -325,7 +307,7 @@ def _train_backbone_only(model, phases: list[dict]) -> None:
     excluded = {id(p) for p in lora_parameters(model)}
     if model.pooler is not None:
         excluded |= {id(p) for p in model.pooler.parameters()}
-    if any(ph["freeze_word_embeddings"] for ph in phases):
+    if any(ph.freeze_word_embeddings for ph in phases):
         excluded.add(id(model.embeddings.word_embeddings.weight))
     _freeze(model, [p for p in model.parameters() if id(p) not in excluded])
 
@@ -346,15 +328,13 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
     _train_backbone_only(model, phases)
 
     def build(ph):
-        model.rotary_emb_base = float(ph["rotary_base"])
-        sources = _sources(ph["data"], ph, mlm=True)
-        obj = MLM(emb.tokenizer, head, max_length=int(ph["max_length"]), prob=float(ph["mask_prob"]),
-                  seed=int(ph["seed"]), micro_tokens=int(ph["micro_tokens"]) or None)
+        model.rotary_emb_base = float(ph.rotary_base)
+        sources = _sources(ph.data, ph, mlm=True)
+        obj = MLM(emb.tokenizer, head, max_length=int(ph.max_length), prob=float(ph.mask_prob),
+                  seed=int(ph.seed), micro_tokens=int(ph.micro_tokens) or None)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"modules": {"head": head}}
 
-    for ph in phases:
-        ph["_head"] = head
-    history = _run_phases(emb, phases, output, build, resume, log)
+    history = _run_phases(emb, phases, output, build, resume, log, head=head)
     model.rotary_emb_base = emb.config.rotary_emb_base
     _save(emb, output, head)
     return emb, history
@@ -380,34 +360,34 @@ def run_distill(settings: dict, resume: bool = True, log=None) -> tuple[Embedder
     if order is not None:  # the teacher's channel order while training; the student's own again on save
         model.permute_hidden(torch.argsort(torch.tensor(order)))
     _train_backbone_only(model, phases)
-    ev = read_texts(first["fidelity_data"], int(first["fidelity_n"])) if first["fidelity_data"] else []
+    ev = read_texts(first.fidelity_data, int(first.fidelity_n)) if first.fidelity_data else []
     report: dict = {}
     if ev:
-        model.rotary_emb_base = float(first["rotary_base"])
+        model.rotary_emb_base = float(first.rotary_base)
         report["before"] = fidelity(model, teacher, ev)
-    if int(first["fold_positions"]):  # a resumed run's checkpoint then overwrites it
-        fold_into_student(model, teacher, int(first["fold_positions"]))
+    if int(first.fold_positions):  # a resumed run's checkpoint then overwrites it
+        fold_into_student(model, teacher, int(first.fold_positions))
 
     def build(ph):
-        model.rotary_emb_base = float(ph["rotary_base"])
-        if float(ph["insert_weight"]):
+        model.rotary_emb_base = float(ph.rotary_base)
+        if float(ph.insert_weight):
             # the inserted-sentence term compares two rows whose difference is small: different dropout masks
             # on them would be most of it
             _set_dropout(model, 0.0)
         srcs, weights = sources(ph)
-        obj = Distill(teacher, max_length=int(ph["max_length"]), insert_weight=float(ph["insert_weight"]),
-                      pooled_weight=float(ph["pooled_weight"]), seed=int(ph["seed"]),
-                      micro_tokens=int(ph["micro_tokens"]) or None)
-        return obj, BatchStream(srcs, batch_size=int(ph["batch_size"]), weights=weights, seed=int(ph["seed"])), {}
+        obj = Distill(teacher, max_length=int(ph.max_length), insert_weight=float(ph.insert_weight),
+                      pooled_weight=float(ph.pooled_weight), seed=int(ph.seed),
+                      micro_tokens=int(ph.micro_tokens) or None)
+        return obj, BatchStream(srcs, batch_size=int(ph.batch_size), weights=weights, seed=int(ph.seed)), {}
 
     history = _run_phases(emb, phases, output, build, resume, log)
     if ev:
         for base in (10000.0, 20000.0):
             model.rotary_emb_base = base
             report[f"after@{int(base)}"] = fidelity(model, teacher, ev)
-            if float(first["long_share"]):
-                docs = long_samples([ev], random.Random(1), 16, int(first["long_length"]) * 5)
-                report[f"long@{int(base)}"] = long_fidelity(model, teacher, docs, int(first["long_length"]))
+            if float(first.long_share):
+                docs = long_samples([ev], random.Random(1), 16, int(first.long_length) * 5)
+                report[f"long@{int(base)}"] = long_fidelity(model, teacher, docs, int(first.long_length))
     model.rotary_emb_base = emb.config.rotary_emb_base
     if order is not None:
         model.permute_hidden(torch.tensor(order))
@@ -431,10 +411,10 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
     _train_backbone_only(model, phases)
 
     def build(ph):
-        model.rotary_emb_base = float(ph["rotary_base"])
-        obj = Contrastive(emb.config, -1, -1, tau=float(ph["tau"]), dims=_dims(ph, emb),
-                          weights=ph["matryoshka_weights"], loss=ph["loss"])
-        sources = _sources(ph["data"], ph)
+        model.rotary_emb_base = float(ph.rotary_base)
+        obj = Contrastive(emb.config, -1, -1, tau=float(ph.tau), dims=_dims(ph, emb),
+                          weights=ph.matryoshka_weights, loss=ph.loss)
+        sources = _sources(ph.data, ph)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
 
     history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
@@ -469,10 +449,10 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     tasks = sorted({q_task, d_task})
 
     def build(ph):
-        model.rotary_emb_base = float(ph["rotary_base"])
-        obj = Contrastive(cfg, q_task, d_task, tau=float(ph["tau"]), dims=_dims(ph, emb),
-                          weights=ph["matryoshka_weights"], anchor=float(ph["anchor"]), loss=ph["loss"])
-        sources = _sources(ph["data"], ph, classification=kind == "classification")
+        model.rotary_emb_base = float(ph.rotary_base)
+        obj = Contrastive(cfg, q_task, d_task, tau=float(ph.tau), dims=_dims(ph, emb),
+                          weights=ph.matryoshka_weights, anchor=float(ph.anchor), loss=ph.loss)
+        sources = _sources(ph.data, ph, classification=kind == "classification")
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
                  "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, Path(settings["output"]), log)}
         return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
@@ -483,8 +463,8 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     return emb, history
 
 
-def _dims(ph: dict, emb: Embedder) -> list[int]:
-    dims = ph["matryoshka_dims"]
+def _dims(ph: Phase, emb: Embedder) -> list[int]:
+    dims = ph.matryoshka_dims
     return list(dims) if dims is not None else list(emb.config.matryoshka_dimensions)
 
 
