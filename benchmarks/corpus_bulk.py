@@ -70,7 +70,7 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     outs = {}
     for engine in args.engines:
-        job = corpus.Job(input=src, output=work / engine, model=str(work / "model"), shard_size=args.shard_size,
+        job = corpus.CorpusJob(input=src, output=work / engine, model=str(work / "model"), shard_size=args.shard_size,
                          max_length=args.max_length)
         t = time.perf_counter()
         if engine == "local":

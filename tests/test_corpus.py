@@ -33,8 +33,8 @@ def jsonl(tmp_path) -> Path:
     return p
 
 
-def _job(inp: Path, out: Path, model: str = "tiny", **kw) -> corpus.Job:
-    return corpus.Job(input=inp, output=out, model=model, **{"shard_size": 8, "dimensions": 32, **kw})
+def _job(inp: Path, out: Path, model: str = "tiny", **kw) -> corpus.CorpusJob:
+    return corpus.CorpusJob(input=inp, output=out, model=model, **{"shard_size": 8, "dimensions": 32, **kw})
 
 
 def _vectors(table: pa.Table) -> np.ndarray:

@@ -179,7 +179,7 @@ def split_spans(text: str, chunk_size: int) -> list[tuple[int, int]]:
 
 
 @dataclass
-class Job:
+class CorpusJob:
     input: Path
     output: Path
     model: str
@@ -251,7 +251,7 @@ def vectors_to_arrow(vecs: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1])
 
 
-def embed_rows(emb: Any, job: Job, rows: list[dict[str, Any]], on_progress: Callable[[int], None] | None = None):
+def embed_rows(emb: Any, job: CorpusJob, rows: list[dict[str, Any]], on_progress: Callable[[int], None] | None = None):
     """One shard's rows -> a pyarrow Table (the shard). Shared by the local and the Ray engine."""
     import pyarrow as pa
 
@@ -331,7 +331,7 @@ class Progress:
             print(file=sys.stderr)
 
 
-def prepare_output(job: Job, emb: Any, overwrite: bool = False) -> tuple[dict[str, Any], int]:
+def prepare_output(job: CorpusJob, emb: Any, overwrite: bool = False) -> tuple[dict[str, Any], int]:
     """Create or check the output folder; returns (manifest, total rows)."""
     job.output.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(job.input)
@@ -360,7 +360,7 @@ def prepare_output(job: Job, emb: Any, overwrite: bool = False) -> tuple[dict[st
     return manifest, manifest["total_rows"]
 
 
-def run(job: Job, emb: Any, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run(job: CorpusJob, emb: Any, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Embed the corpus (or the rest of it) on this machine. Returns the final manifest."""
     import pyarrow.parquet as pq
 
@@ -406,7 +406,7 @@ class _RayEmbedder:
     """A Ray actor: one model replica, loaded once, embedding whole shards (so shard content, and therefore
     the batches inside it, are the same as in the local engine)."""
 
-    def __init__(self, job: Job, threads: int) -> None:
+    def __init__(self, job: CorpusJob, threads: int) -> None:
         import torch
 
         from . import load
@@ -431,7 +431,7 @@ class _RayEmbedder:
                 "input_rows": np.array([len(rows)]), "file": pa.array([name]).to_numpy(zero_copy_only=False)}
 
 
-def run_ray(job: Job, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0.0,
+def run_ray(job: CorpusJob, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0.0,
             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """The same job on Ray Data: the driver reads the input and cuts it into shards (one dataset row per
     shard), `map_batches` runs them on `workers` actors with one model replica each, and the driver records
@@ -533,12 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def job_from_args(args: argparse.Namespace) -> Job:
+def job_from_args(args: argparse.Namespace) -> CorpusJob:
     if args.shard_size < 1:
         raise ValueError("--shard-size must be >= 1")
     if args.chunk_size < 1:
         raise ValueError("--chunk-size must be >= 1")
-    return Job(input=Path(args.input), output=Path(args.output), model=resolve_model(args.model),
+    return CorpusJob(input=Path(args.input), output=Path(args.output), model=resolve_model(args.model),
                task=None if args.task in ("none", "") else args.task, dimensions=args.dimensions,
                precision=args.precision, text_field=args.text_field, id_field=args.id_field,
                keep=tuple(args.keep), shard_size=args.shard_size, batch_size=args.batch_size,

@@ -32,7 +32,7 @@ PAIRS = [  # text-matching: a paraphrase across languages vs an unrelated senten
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .corpus import Job, run
+    from .corpus import CorpusJob, run
     from .index import VectorIndex, build_index
 
     t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model_dir.name} (bundled, {emb.model.num_parameters()['total'] / 1e6:.0f}M parameters), "
           f"tasks: {', '.join(emb.tasks)}; dims: {emb.dimensions}")
     with tempfile.TemporaryDirectory() as d:
-        job = Job(input=SAMPLE_CORPUS, output=Path(d) / "vectors", model=str(model_dir),
+        job = CorpusJob(input=SAMPLE_CORPUS, output=Path(d) / "vectors", model=str(model_dir),
                   task="retrieval.passage", keep=("lang", "title"))
         run(job, emb, progress=False)
         build_index(job.output, Path(d) / "index")

@@ -448,7 +448,7 @@ def generate_long_task(
 # Runner
 
 
-class _Encoder:
+class _CachedEncoder:
     """Encodes each distinct (text, adapter) once per task run."""
 
     def __init__(self, model: Model, dimensions: int | None, batch_size: int) -> None:
@@ -503,7 +503,7 @@ def _doc_text(doc: Mapping[str, Any]) -> str:
 
 def _retrieval(
     model: Any,
-    enc: _Encoder,
+    enc: _CachedEncoder,
     corpus: dict[str, str],
     queries: dict[str, str],
     qrels: dict[str, dict[str, float]],
@@ -556,7 +556,7 @@ def run_task(
         raise UnsupportedTask(f"{type(model).__name__} does not run {task.type} tasks")
     t0 = time.perf_counter()
     q_ad, d_ad = resolve_adapters(task.type, adapters, task_override)
-    enc = _Encoder(model, dimensions, batch_size)
+    enc = _CachedEncoder(model, dimensions, batch_size)
     p = task.path
     ttype = task.type
     meta = task.meta
