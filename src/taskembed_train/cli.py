@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")
     p.add_argument("--instruction", help="adapters: instruction prefix of the task (new tasks; default none)")
     p.add_argument("--objective", choices=[k.name for k in KINDS],
-                   help="adapters: the loss family (default: from the task name; text-matching for new tasks)")
+                   help="adapters: the built-in kind whose Table A1 settings and losses apply (default: from the "
+                   "task name; text-matching for new tasks)")
     p.add_argument("--steps", type=int, help="steps per phase")
     p.add_argument("--batch-size", type=int, help="global batch size (rows)")
     p.add_argument("--lr", type=float, help="peak learning rate")
