@@ -227,3 +227,10 @@ def test_data_step_reuses_a_folder_only_when_its_manifest_holds(tmp_path):
     (tmp_path / "lohelp-title-en.jsonl").write_bytes(b"changed\n")
     assert not _built_data(tmp_path, ["lohelp", "manpage"])
     assert not _built_data(tmp_path / "absent", ["lohelp"])
+
+
+def test_recipe_finds_the_repository_it_builds_from():
+    from taskembed_train import recipe
+
+    assert (recipe.ROOT / "data" / "train" / "build_train_data.py").is_file()
+    assert (recipe.ROOT / "recipes" / "taskembed-small.toml").is_file()

@@ -47,7 +47,7 @@ from taskembed.convert import convert_config
 from .reorder import channel_order, read_pairs
 
 RECIPE_KEYS = {"name", "description", "backbone", "tokenizer", "model", "prefixes", "data", "reorder", "adapters"}
-ROOT = Path(__file__).resolve().parents[3]  # the repository (recipes read its data builders)
+ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes read its data builders)
 
 
 class RecipeError(ValueError):
