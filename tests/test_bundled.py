@@ -234,3 +234,26 @@ def test_recipe_finds_the_repository_it_builds_from():
 
     assert (recipe.ROOT / "data" / "train" / "build_train_data.py").is_file()
     assert (recipe.ROOT / "recipes" / "taskembed-small.toml").is_file()
+
+
+def test_provenance_commit_ignores_what_the_build_writes(tmp_path, monkeypatch):
+    import subprocess
+
+    from taskembed_train import recipe
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "adapters.bin").write_text("old")
+    (tmp_path / "recipe.toml").write_text("a = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr(recipe, "ROOT", tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "out" / "adapters.bin").write_text("new")  # a rebuild's output: still the commit
+    assert recipe._git_commit(tmp_path / "out") == head
+    (tmp_path / "recipe.toml").write_text("a = 2")  # an uncommitted recipe: not what the commit holds
+    assert recipe._git_commit(tmp_path / "out") == head + "+dirty"

@@ -238,11 +238,14 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
     return report
 
 
-def _git_commit() -> str:
+def _git_commit(out: Path) -> str:
+    """The commit the build runs from, "+dirty" when files outside the output folder differ from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=ROOT).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":(exclude){out.resolve()}"], capture_output=True, text=True, check=True,
+                               cwd=ROOT).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -254,6 +257,7 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else Path(tempfile.gettempdir()) / f"taskembed-recipe-{recipe['name']}"
     work.mkdir(parents=True, exist_ok=True)
+    commit = _git_commit(out)
     for stale in ("model.safetensors", "adapters.safetensors", "tokenizer.json"):
         (out / stale).unlink(missing_ok=True)  # the folder is rebuilt whole, never read
     tokenizer, tokenizer_file = _pin(recipe["tokenizer"], "tokenizer")
@@ -277,7 +281,7 @@ def build(recipe_path: str | Path, out: str | Path, threads: int = 2, work: str 
         "name": recipe["name"],
         "recipe": str(recipe_path),
         "recipe_sha256": hashlib.sha256(Path(recipe_path).read_bytes()).hexdigest(),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "packages": {"backbone": backbone, "tokenizer": tokenizer},
         "settings": {k: recipe.get(k, {}) for k in ("model", "prefixes", "data", "reorder", "adapters")},
         "data": data,
