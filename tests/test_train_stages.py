@@ -494,3 +494,11 @@ def test_phase_settings_are_typed_and_wrong_types_are_refused():
         with pytest.raises(ValueError, match=re.escape(said)):
             stages.phase_settings("pairs", {**base, "overrides": {key: value}})
     assert stages._train_config(ph, Path("out")).lr == 1.0
+
+
+def test_resolved_settings_are_written_beside_the_weights(toy):
+    d, _ = toy
+    stages.run_pairs(_settings(toy, "base", "pairs-settings", ["pairs"], steps=1, lr=0.01), resume=False)
+    (written,) = json.loads((d / "pairs-settings" / stages.SETTINGS_FILE).read_text())
+    assert written["lr"] == 0.01 and written["steps"] == 1 and written["loss"] == ["info_nce", "cosent"]
+    assert Phase.from_dict(written).to_dict() == written  # loads back as it was

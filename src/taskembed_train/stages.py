@@ -36,6 +36,7 @@ from .objectives import MLM, Contrastive, LMHead
 from .settings import Phase
 
 LM_HEAD_FILE = "lm_head.safetensors"
+SETTINGS_FILE = "train_settings.json"  # every phase's resolved settings, beside the weights
 
 STAGE_DEFAULTS = {
     "mlm": dict(lr=1e-4, max_length=512, batch_size=128, max_tokens=65536, micro_tokens=16384,
@@ -123,8 +124,12 @@ def _run_phases(emb: Embedder, phases: list[Phase], output: Path, build: Callabl
                 resume: bool, log: Callable[[str], None], head: LMHead | None = None) -> dict[str, dict]:
     """Run each phase; a finished phase (its `final` checkpoint present) is loaded instead of re-run.
 
-    Returns {phase: {"losses": [...], "evals": [(step, metrics)]}} for the phases run now."""
+    Returns {phase: {"losses": [...], "evals": [(step, metrics)]}} for the phases run now. The resolved
+    settings of every phase are written to OUTPUT/train_settings.json first."""
     history: dict[str, dict] = {}
+    if dist.world()[0] == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / SETTINGS_FILE).write_text(json.dumps([ph.to_dict() for ph in phases], indent=2) + "\n")
     for ph in phases:
         cfg = _train_config(ph, output)
         done = Path(cfg.checkpoint_dir) / "final.pt"
