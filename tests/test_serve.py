@@ -475,3 +475,18 @@ def test_cli_bad_settings(tiny_dir, capsys):
     assert serve_main(["--model", str(tiny_dir), "--default-task", "nope"]) == 2
     assert "default task 'nope' unknown" in capsys.readouterr().err
     assert serve_main(["--model", str(tiny_dir / "missing")]) == 2
+
+
+def test_every_route_but_health_is_documented_behind_the_key(tiny, tmp_path):
+    from taskembed import index
+    from taskembed.serve.search import register_search
+
+    x = np.random.default_rng(0).standard_normal((20, 32)).astype(np.float32)
+    path = index.build_index_from_arrays(tmp_path / "ix", x, kind="exact")
+    app = create_app(tiny, settings(api_keys=[KEY]))
+    register_search(app, index.VectorIndex.open(path))
+    with TestClient(app) as c:
+        spec = c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    secured = {p for p, ops in spec["paths"].items() if all(op.get("security") for op in ops.values())}
+    assert set(spec["paths"]) - secured == {"/health"}
+    assert {"/v1/embeddings", "/v1/late_chunking", "/v1/models", "/metrics", "/v1/search"} <= secured

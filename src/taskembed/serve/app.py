@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, Security
+from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
@@ -310,8 +310,9 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
     )
     app.state.batcher, app.state.metrics, app.state.settings, app.state.embedder = batcher, metrics, s, emb
     app.state.limits = {"max_length": max_length, "text_chars": text_chars, "request_chars": request_chars}
-    # The key is checked in the middleware, before the body is read; this only documents the scheme.
-    protected = [Security(bearer)] if hidden_docs else []
+    # Every route but /health sits on one router behind the key. The key is checked in the middleware, before
+    # the body is read; the router's dependency documents the scheme in the OpenAPI spec.
+    api = APIRouter(dependencies=[Security(bearer)] if hidden_docs else [])
     app.add_middleware(Guard, keys=keys, max_body_bytes=s.max_body_bytes, read_timeout_s=s.read_timeout_s,
                        metrics=metrics)
 
@@ -407,12 +408,12 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
         metrics.tokens.inc(n_tokens)
         return _embedding_response(arr, b64, s.model_names[0], n_tokens)
 
-    @app.post("/v1/embeddings", response_model=EmbeddingResponse, dependencies=protected, tags=["embeddings"],
+    @api.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"],
               summary="Embed texts (OpenAI request + Jina extras)", responses=BODY_ERROR_DOCS)
     async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
         return await handle(req, request, late=False)
 
-    @app.post("/v1/late_chunking", response_model=EmbeddingResponse, dependencies=protected,
+    @api.post("/v1/late_chunking", response_model=EmbeddingResponse,
               tags=["embeddings"], summary="Late chunking: the inputs are the chunks of one document",
               responses=BODY_ERROR_DOCS)
     async def late(req: EmbeddingRequest, request: Request) -> Response:
@@ -426,12 +427,12 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
                 "max_tokens": max_length, "late_chunking_max_tokens": s.max_doc_tokens,
                 "max_request_tokens": s.max_request_tokens, "max_inputs": s.max_inputs}
 
-    @app.get("/v1/models", dependencies=protected, tags=["models"], summary="The served model",
+    @api.get("/v1/models", tags=["models"], summary="The served model",
              responses=ERROR_DOCS)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(n) for n in s.model_names]}
 
-    @app.get("/v1/models/{model_id}", dependencies=protected, tags=["models"], summary="One model",
+    @api.get("/v1/models/{model_id}", tags=["models"], summary="One model",
              responses={404: _error_doc("Unknown model"), **ERROR_DOCS})
     async def model(model_id: str) -> dict[str, Any]:
         if model_id not in s.model_names:
@@ -448,10 +449,12 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
         return Response(json.dumps(body), status_code=503 if batcher.closing else 200,
                         media_type="application/json")
 
-    @app.get("/metrics", dependencies=protected, tags=["ops"], summary="Prometheus metrics (text format)",
+    @api.get("/metrics", tags=["ops"], summary="Prometheus metrics (text format)",
              response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}, **ERROR_DOCS})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(api)
 
     def openapi() -> dict[str, Any]:
         # Validation failures answer 400 in the error shape, not FastAPI's 422: drop the 422 docs.

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, Security
+from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -40,14 +40,15 @@ class SearchRequest(BaseModel):
 def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") -> None:
     """Add `POST {path}` to an app made by create_app (it uses the app's embedder, batcher and API keys)."""
     emb, batcher, s = app.state.embedder, app.state.batcher, app.state.settings
-    protected = [Security(bearer)] if s.api_keys else []  # checked by the app's middleware; documented here
+    # behind the key like the app's other routes (checked by its middleware; the dependency documents it)
+    router = APIRouter(dependencies=[Security(bearer)] if s.api_keys else [])
     lim = app.state.limits
     if index.info.get("query_task") not in (None, *emb.tasks):
         raise ValueError(f"the index's query task {index.info.get('query_task')!r} is not one of this model's tasks")
     if index.dimensions not in emb.dimensions:
         raise ValueError(f"the index has {index.dimensions} dimensions; this model makes {emb.dimensions}")
 
-    @app.post(path, dependencies=protected, tags=["search"], summary="Search the loaded vector index",
+    @router.post(path, tags=["search"], summary="Search the loaded vector index",
               responses=BODY_ERROR_DOCS)
     async def search(req: SearchRequest, request: Request) -> Response:
         if (req.query is None) == (req.vector is None):
@@ -92,6 +93,8 @@ def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") 
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
         # Kept columns may hold dates or decimals (sent as strings) or NaN (sent as null).
         return json_response(body)
+
+    app.include_router(router)
 
 
 def _query_vectors(vector: list[float] | list[list[float]], dims: int) -> np.ndarray:
