@@ -210,7 +210,35 @@ class TextPool:
         self.rng.setstate(_as_rng_state(state["rng"]))
 
 
-def sources(ph: Phase) -> tuple[list[TextPool], list[float]]:
+class LongDocs:
+    """A fresh long document per draw (consecutive texts of one source joined to `chars` characters), read at
+    up to `max_length` tokens: the long source of the batch stream, made as it is drawn."""
+
+    kind = "raw"
+
+    def __init__(self, texts_by_source: list[list[str]], chars: int, max_length: int, batch_size: int,
+                 seed: int = 0, name: str = "long") -> None:
+        if not texts_by_source:
+            raise DataError(f"distillation source {name!r} has no texts")
+        self.name, self.by_source, self.chars = name, texts_by_source, chars
+        self.max_length, self.batch_size = max_length, batch_size
+        self.rng = random.Random(seed)
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.by_source))
+
+    def next(self) -> dict:
+        return {"text": long_samples(self.by_source, self.rng, 1, self.chars)[0], "max_length": self.max_length}
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(_as_rng_state(state["rng"]))
+
+
+def sources(ph: Phase) -> tuple[list[TextPool | LongDocs], list[float]]:
     """The phase's short, long and detail sources and their weights (shares of the steps)."""
     seed, min_chars, join = int(ph.seed), int(ph.min_chars), int(ph.join_chars)
     by_file = [ts for ts in (read_texts(f, min_chars=min_chars) for f in ph.data) if ts]
@@ -241,10 +269,8 @@ def sources(ph: Phase) -> tuple[list[TextPool], list[float]]:
     if long_share > 0:
         long_by = [ts for ts in (read_texts(f) for f in ph.long_data) if ts] if ph.long_data else by_file
         length = int(ph.long_length)
-        rng = random.Random(seed + 1)
-        docs = long_samples(long_by, rng, max(64, int(ph.steps)), length * 5)
-        out.append(TextPool("long", docs, seed + 1, batch_size=max(1, int(ph.long_tokens) // length),
-                            make=lambda t, _: {"text": t, "max_length": length}))
+        # about 5 characters a token: the document fills its `length` tokens
+        out.append(LongDocs(long_by, length * 5, length, max(1, int(ph.long_tokens) // length), seed + 1))
         weights.append(long_share)
     if detail:
         by_detail = [ts for ts in (read_texts(f) for f in ph.detail_data) if ts]
