@@ -189,6 +189,12 @@ BODY_ERROR_DOCS = {
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>` when the server has API keys")
 
 
+def keyed_router(settings: ServerSettings) -> APIRouter:
+    """A router for routes behind the key. The key is checked in the middleware (serve/guard.py), before the
+    body is read; the router's dependency documents the scheme in the OpenAPI spec."""
+    return APIRouter(dependencies=[Security(bearer)] if settings.api_keys else [])
+
+
 def submit(batcher: Batcher, job: Job) -> None:
     """Queue a job, or answer 503 with Retry-After (an estimate from the queue) when it has no room."""
     try:
@@ -303,16 +309,13 @@ def create_app(emb: Embedder, settings: ServerSettings | None = None) -> FastAPI
             batcher.abort()  # anything still queued has no connection left to answer
             await batcher.close()
 
-    hidden_docs = bool(keys)
     app = FastAPI(
         title="taskembed", version="0.1.0", lifespan=lifespan,
         description="OpenAI- and Jina-compatible embeddings with per-input task adapters and late chunking.",
     )
     app.state.batcher, app.state.metrics, app.state.settings, app.state.embedder = batcher, metrics, s, emb
     app.state.limits = {"max_length": max_length, "text_chars": text_chars, "request_chars": request_chars}
-    # Every route but /health sits on one router behind the key. The key is checked in the middleware, before
-    # the body is read; the router's dependency documents the scheme in the OpenAPI spec.
-    api = APIRouter(dependencies=[Security(bearer)] if hidden_docs else [])
+    api = keyed_router(s)  # every route but /health
     app.add_middleware(Guard, keys=keys, max_body_bytes=s.max_body_bytes, read_timeout_s=s.read_timeout_s,
                        metrics=metrics)
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import APIRouter, FastAPI, Request, Security
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..index import VectorIndex
 from ..inputs import check_tasks, check_texts
-from .app import BODY_ERROR_DOCS, bearer, submit, text_job, tokenize, wait_for_job
+from .app import BODY_ERROR_DOCS, keyed_router, submit, text_job, tokenize, wait_for_job
 from .errors import ApiError, json_response
 from .limits import check_chars, check_unicode
 
@@ -40,8 +40,7 @@ class SearchRequest(BaseModel):
 def register_search(app: FastAPI, index: VectorIndex, path: str = "/v1/search") -> None:
     """Add `POST {path}` to an app made by create_app (it uses the app's embedder, batcher and API keys)."""
     emb, batcher, s = app.state.embedder, app.state.batcher, app.state.settings
-    # behind the key like the app's other routes (checked by its middleware; the dependency documents it)
-    router = APIRouter(dependencies=[Security(bearer)] if s.api_keys else [])
+    router = keyed_router(s)
     lim = app.state.limits
     if index.info.get("query_task") not in (None, *emb.tasks):
         raise ValueError(f"the index's query task {index.info.get('query_task')!r} is not one of this model's tasks")
