@@ -207,11 +207,9 @@ class Embedder:
     # --- validation --------------------------------------------------------------------------------
 
     def task_index(self, task: str | None) -> int:
-        if task is None:
-            return NO_TASK
-        if not isinstance(task, str) or task not in self.config.lora_adaptations:
-            raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(self.tasks)} (or None)")
-        return self.config.lora_adaptations.index(task)
+        """The adapter index of a task (NO_TASK for None: the base weights); inputs.py checks the name."""
+        (task,) = check_tasks(task, 1, self.tasks)
+        return NO_TASK if task is None else self.config.lora_adaptations.index(task)
 
     def check_dimensions(self, dimensions: int | None) -> int:
         """A Matryoshka size this model makes (None: its full size)."""
