@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from taskembed import adapters
 from taskembed.config import EncoderConfig
 from taskembed.eval.tasks import MAIN_SCORE
-from taskembed_train import data, devtasks, losses, stages
-from taskembed_train.settings import Phase
+from taskembed_train import cli, data, devtasks, losses, stages
 
 
 def test_official_adapter_order_and_prefixes():
@@ -27,15 +24,22 @@ def test_every_task_type_is_served_by_exactly_one_kind():
     assert adapters.TASK_ADAPTERS["clustering"] == ("separation", "separation")
 
 
-def test_training_tables_come_from_the_registry():
+def test_every_kind_has_a_config_of_known_settings_and_losses():
+    """Each kind trains from its built-in config (Table A1): it parses as typed phases, names the paper's
+    losses, and those losses train on data kinds the stream reads."""
+    files = {p.stem for p in stages.CONFIGS.glob("*.toml")}
+    assert {f"adapters-{k.name}" for k in adapters.KINDS} | {"mlm", "pairs", "distill"} == files
     for k in adapters.KINDS:
-        assert losses.loss_names(k.losses) == k.losses
-        assert {d for n in k.losses for d in losses.LOSSES[n]} <= set(data.KINDS) - {"raw"}
-        assert set(k.defaults) <= {f.name for f in dataclasses.fields(Phase)}
-        assert stages.ADAPTER_KINDS[k.name] == {**k.defaults, "loss": list(k.losses)}
+        name = stages.default_config("adapters", k.query)
+        assert name == f"adapters-{k.name}"
+        settings = cli.read_settings(stages.config_path(name))
+        (ph,) = stages.phase_settings("adapters", {**settings, "overrides": {"data": ["x.jsonl"]}})
+        assert ph.name == "adapter" and ph.loss and ph.lr > 0
+        assert {d for n in ph.loss for d in losses.LOSSES[n]} <= set(data.KINDS) - {"raw"}
         assert devtasks.DEV_TYPES[k.name] == k.serves
         for task in k.adapters:
-            assert adapters.kind_of(task) is k and stages.adapter_kind(task, {}) == k.name
+            assert adapters.kind_of(task) is k
     assert adapters.kind_of("legal.query") is None
-    assert stages.adapter_kind("legal.query", {}) == "text-matching"
-    assert stages.adapter_kind("retrieval.legal", {}) == "retrieval"
+    assert stages.default_config("adapters", "legal.query") == "adapters-text-matching"
+    assert stages.default_config("adapters", "retrieval.legal") == "adapters-retrieval"
+    assert stages.default_config("pairs") == "pairs"

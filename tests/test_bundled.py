@@ -117,6 +117,7 @@ def test_reorder_step_permutes_channels_exactly(packages, tmp_path):
 
 ADAPTERS = f"""[adapters.retrieval]
 data = ["{SAMPLES}/pairs_en.jsonl", "{SAMPLES}/pairs_de.jsonl"]
+loss = ["info_nce"]
 steps = 3
 batch_size = 8
 max_length = 32
@@ -177,6 +178,13 @@ def test_release_adapters_need_fixed_steps(packages, tmp_path):
     sources, _, _ = packages
     recipe = write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS + 'keep_best = "dev"\n')
     with pytest.raises(RecipeError, match="fixed steps"):
+        build(recipe, tmp_path / "tiny", work=tmp_path / "work")
+    # a table without a loss, or with a misspelt setting, stops before any training
+    recipe = write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS.replace('loss = ["info_nce"]\n', ""))
+    with pytest.raises(RecipeError, match="needs a table with 'data', 'loss'"):
+        build(recipe, tmp_path / "tiny", work=tmp_path / "work")
+    recipe = write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS + "tua = 0.05\n")
+    with pytest.raises(RecipeError, match=r"\[adapters.retrieval\]: unknown training setting\(s\): tua"):
         build(recipe, tmp_path / "tiny", work=tmp_path / "work")
 
 

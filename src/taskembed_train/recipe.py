@@ -184,30 +184,39 @@ def _read_key(run_dir: Path) -> str | None:
     return None
 
 
+def _train_table(table: dict) -> dict:
+    """An [adapters.TASK] table's training settings (the rest say how the result ships)."""
+    return {k: v for k, v in table.items() if k not in ("instruction", "scale")}
+
+
 def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) -> dict:
     """Train each [adapters.TASK] on the assembled model (channels already in the shipped order) and keep
     the trained tasks' slices. Every setting is the table's: fixed steps, no selection during the build."""
     from taskembed.checkpoint import load
 
-    from .stages import run_adapters
+    from .stages import phase_settings, run_adapters
 
     spec = recipe.get("adapters", {})
     target = out / bundled.ADAPTERS_FILE
     target.unlink(missing_ok=True)
     if not spec:
         return {}
+    for task, table in spec.items():  # every table checked before the first hour of training
+        if not isinstance(table, dict) or not {"data", "loss", "steps"} <= set(table):
+            raise RecipeError(f"[adapters.{task}] needs a table with 'data', 'loss' and a fixed 'steps'")
+        if table.get("keep_best") or table.get("max_seconds"):
+            raise RecipeError(f"[adapters.{task}]: a release build runs fixed steps (no keep_best, max_seconds)")
+        try:
+            phase_settings("adapters", {"train": _train_table(table)})
+        except ValueError as e:
+            raise RecipeError(f"[adapters.{task}]: {e}") from None
     torch.set_num_threads(threads)
     tensors, report = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         bundled.assemble(out, Path(tmp))
         for task, table in spec.items():
-            if not isinstance(table, dict) or "steps" not in table or "data" not in table:
-                raise RecipeError(f"[adapters.{task}] needs a table with 'data' and a fixed 'steps'")
-            if table.get("keep_best") or table.get("max_seconds"):
-                raise RecipeError(f"[adapters.{task}]: a release build runs fixed steps (no keep_best, max_seconds)")
             files = _files(table["data"], work, f"adapters.{task}")
-            train = {**{k: v for k, v in table.items() if k not in ("instruction", "scale")}, "data": files,
-                     "eval_every": 0}
+            train = {**_train_table(table), "data": files, "eval_every": 0}
             run_dir = work / "adapters" / task
             settings = {"model": tmp, "output": str(run_dir), "device": "cpu", "train": train}
             # A finished run of the same settings on the same data files (by sha256) is reused, as the data

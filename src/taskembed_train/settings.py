@@ -39,8 +39,7 @@ class Phase:
     dropout: float | None = None  # None keeps the checkpoint's
     freeze_word_embeddings: bool = False
     # the loss
-    loss: list[str] | None = None  # contrastive losses by name (losses.LOSSES); default the stage's or kind's
-    objective: str | None = None  # adapters: the built-in kind whose Table A1 settings and losses apply
+    loss: list[str] | None = None  # contrastive losses by name (losses.LOSSES); pairs and adapters need one
     tau: float = 0.05
     matryoshka_dims: list[int] | None = None
     matryoshka_weights: list[float] | None = None
@@ -55,6 +54,7 @@ class Phase:
     dev_data: list[str] | None = None
     dev_size: int = 150
     dev_dims: list[int] | None = None
+    dev_kind: str | None = None  # adapters: the kind whose task types dev_data checks; default the task's
     keep_best: str = ""
     # distillation (taskembed_train/distill.py)
     min_chars: int = 20

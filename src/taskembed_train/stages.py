@@ -6,14 +6,14 @@ each run as typed phases (settings.Phase).
   pairs     Stage II: bidirectional InfoNCE (+ Matryoshka) on pairs, phases short then long.
   adapters  Stage III: base frozen, one task adapter (the two retrieval adapters together) with its loss.
 
-Settings precedence: stage defaults < the adapter kind's defaults (Table A1) < [train] < a [[phases]] entry
-< command-line overrides. Each phase checkpoints under OUTPUT/checkpoints/PHASE and a re-run resumes from
-the latest checkpoint; the result is saved in the official layout with Embedder.save.
+Settings: one config file (taskembed_train/configs/ holds each stage's, with Table A1's values) read as
+[train] then each [[phases]] entry, then the command line's overrides; settings.Phase types them. Each
+phase checkpoints under OUTPUT/checkpoints/PHASE and a re-run resumes from the latest checkpoint; the
+result is saved in the official layout with Embedder.save.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import sys
@@ -30,30 +30,15 @@ from taskembed.lora import lora_parameters
 
 from . import dist
 from .data import BatchStream, ClassificationTuples, Source, record_texts
-from .loop import TrainConfig, Trainer
+from .loop import Trainer
 from .losses import LOSSES, loss_names
 from .objectives import MLM, Contrastive, LMHead
 from .settings import Phase
 
 LM_HEAD_FILE = "lm_head.safetensors"
 SETTINGS_FILE = "train_settings.json"  # every phase's resolved settings, beside the weights
-
-STAGE_DEFAULTS = {
-    "mlm": dict(lr=1e-4, max_length=512, batch_size=128, max_tokens=65536, micro_tokens=16384,
-                phases=[{"name": "short", "max_length": 512}]),
-    "pairs": dict(lr=3e-5, tau=0.05, max_length=192, batch_size=256, filter_overlap=True,
-                  loss=["info_nce", "cosent"], phases=[{"name": "short"}]),
-    "adapters": dict(phases=[{"name": "adapter"}]),
-    # taskembed_train/distill.py says what each setting does
-    "distill": dict(lr=5e-5, batch_size=16, max_length=128, warmup_steps=15, freeze_word_embeddings=True,
-                    min_chars=20, join_chars=0, pooled_weight=1.0, long_data=None, long_share=0.0,
-                    long_length=4096, long_tokens=16384, insert_weight=0.0, insert_data=None, detail_data=None,
-                    detail_share=0.0, detail_batch_size=0, fold_positions=128, fidelity_data=None,
-                    fidelity_n=256, phases=[{"name": "distill"}]),
-}
-
-# Table A1 per adapter kind, with the kind's losses (adapters.py holds both)
-ADAPTER_KINDS = {k.name: {**k.defaults, "loss": list(k.losses)} for k in KINDS}
+CONFIGS = Path(__file__).parent / "configs"  # each stage's settings when no --config is given (Table A1)
+PHASE_NAMES = {"mlm": "short", "pairs": "short", "adapters": "adapter", "distill": "distill"}
 
 
 def _kind_by_name(task: str) -> str | None:
@@ -62,29 +47,40 @@ def _kind_by_name(task: str) -> str | None:
     return known.name if known else "retrieval" if task.startswith("retrieval") else None
 
 
-def adapter_kind(task: str, settings: dict) -> str:
-    kind = settings.get("objective")
-    if kind is None:  # a new task trains as text-matching unless its name says retrieval
-        kind = _kind_by_name(task) or "text-matching"
-    if kind not in ADAPTER_KINDS:
-        raise ValueError(f"unknown adapter objective {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
-    return kind
+def default_config(stage: str, task: str | None = None) -> str:
+    """The built-in config a stage runs with when none is given; an adapter's follows its kind (a new task
+    trains as text-matching unless its name says retrieval)."""
+    return f"adapters-{_kind_by_name(task or '') or 'text-matching'}" if stage == "adapters" else stage
 
 
-def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[Phase]:
-    """Merge the stage's defaults (and the adapter kind's), the file's [train] table, each [[phases]] entry and
-    the overrides into one typed Phase each."""
-    base = {k: v for k, v in STAGE_DEFAULTS[stage].items() if k != "phases"}
-    if kind:
-        base.update(ADAPTER_KINDS[kind])
-    base.update(settings.get("train", {}))
-    overrides = settings.get("overrides", {})
+def config_path(name: str) -> Path:
+    """A config file's path, or a built-in config's by name (`adapters-classification`)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    builtin = CONFIGS / f"{name}.toml"
+    if builtin.is_file():
+        return builtin
+    names = ", ".join(sorted(f.stem for f in CONFIGS.glob("*.toml")))
+    raise ValueError(f"config file not found: {p} (built-in configs: {names})")
+
+
+def phase_settings(stage: str, settings: dict) -> list[Phase]:
+    """One typed Phase per [[phases]] entry of the config (one phase if it has none): the [train] table,
+    then the entry, then the command line's overrides. Nothing else sets a value: a setting the config
+    leaves out keeps settings.Phase's default."""
+    base, overrides = settings.get("train", {}), settings.get("overrides", {})
     out = []
-    for i, entry in enumerate(settings.get("phases") or STAGE_DEFAULTS[stage]["phases"]):
+    for i, entry in enumerate(settings.get("phases") or [{"name": PHASE_NAMES[stage]}]):
         ph = Phase.from_dict({**base, **entry, **overrides})
         ph.name = ph.name or f"phase{i + 1}"
         if stage not in ("mlm", "distill"):
-            ph.loss = list(loss_names(ph.loss or ()))
+            if not ph.loss:
+                raise ValueError(f"phase {ph.name!r} names no loss: give `loss = [...]` in [train] (or --set "
+                                 f"loss=...), one or more of {', '.join(LOSSES)}")
+            ph.loss = list(loss_names(ph.loss))
+        if ph.dev_kind is not None and ph.dev_kind not in {k.name for k in KINDS}:
+            raise ValueError(f"unknown dev_kind {ph.dev_kind!r}; choose one of {', '.join(k.name for k in KINDS)}")
         if ph.keep_best and not (ph.dev_data or ph.eval_data):
             raise ValueError(f"keep_best = {ph.keep_best!r} needs held-out data to choose by: give --dev-data "
                              "FILES (or eval_data), or --set keep_best=''")
@@ -94,12 +90,8 @@ def phase_settings(stage: str, settings: dict, kind: str | None = None) -> list[
     return out
 
 
-def _train_config(ph: Phase, output: Path) -> TrainConfig:
-    """The trainer's share of a phase's settings (the same names), and where its checkpoints go."""
-    same = {f.name: getattr(ph, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(ph, f.name)}
-    return TrainConfig(**{**same, "max_grad_norm": ph.max_grad_norm or None,
-                          "grad_cache_rows": ph.grad_cache_rows or None,
-                          "checkpoint_dir": str(output / "checkpoints" / ph.name)})
+def _checkpoints(ph: Phase, output: Path) -> Path:
+    return output / "checkpoints" / ph.name
 
 
 def _set_dropout(model: torch.nn.Module, p: float | None) -> None:
@@ -131,8 +123,8 @@ def _run_phases(emb: Embedder, phases: list[Phase], output: Path, build: Callabl
         output.mkdir(parents=True, exist_ok=True)
         (output / SETTINGS_FILE).write_text(json.dumps([ph.to_dict() for ph in phases], indent=2) + "\n")
     for ph in phases:
-        cfg = _train_config(ph, output)
-        done = Path(cfg.checkpoint_dir) / "final.pt"
+        ckpt = _checkpoints(ph, output)
+        done = ckpt / "final.pt"
         if resume and done.is_file():
             log(f"[{ph.name}] already finished; loading its weights")
             state = torch.load(done, map_location="cpu", weights_only=False)
@@ -140,11 +132,11 @@ def _run_phases(emb: Embedder, phases: list[Phase], output: Path, build: Callabl
             if "head" in state and head is not None:
                 head.load_state_dict(state["head"])
             continue
-        _seed_all(cfg.seed)
+        _seed_all(ph.seed)
         _set_dropout(emb.model, ph.dropout)
         objective, stream, kwargs = build(ph)
-        trainer = Trainer(emb.model, objective, stream, cfg, tokenizer=emb.tokenizer, log=log, **kwargs)
-        latest = Trainer.latest_checkpoint(cfg.checkpoint_dir) if resume else None
+        trainer = Trainer(emb.model, objective, stream, ph, ckpt, tokenizer=emb.tokenizer, log=log, **kwargs)
+        latest = Trainer.latest_checkpoint(ckpt) if resume else None
         if latest is not None:
             log(f"[{ph.name}] resuming from {latest}")
             trainer.load_checkpoint(latest)
@@ -154,32 +146,32 @@ def _run_phases(emb: Embedder, phases: list[Phase], output: Path, build: Callabl
             final = {"model": emb.model.state_dict()}
             if head is not None:
                 final["head"] = head.state_dict()
-            Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            ckpt.mkdir(parents=True, exist_ok=True)
             torch.save(final, done)
         dist.barrier()
     return history
 
 
-def _sources(files: list[str], ph: Phase, classification: bool = False, mlm: bool = False) -> list:
+def _sources(files: list[str], ph: Phase, mlm: bool = False) -> list:
     """The phase's data files, each checked against what the phase trains: MLM raw or labelled text, other
-    stages the record kinds of the phase's named losses. For the classification adapter, labelled texts
-    become tuples with same-class positives (Gecko), which info_nce trains on."""
+    stages the record kinds of the phase's named losses. Labelled texts under a loss that takes tuples but
+    not labels (info_nce) become tuples with same-class positives (Gecko), as the classification adapter
+    trains."""
     names = () if mlm else ph.loss
     accept = {"raw", "labelled"} if mlm else {k for n in names for k in LOSSES[n]}
-    if classification and "tuples" in accept:
-        accept.add("labelled")
+    as_tuples = "tuples" in accept and "labelled" not in accept
     out = []
     for i, f in enumerate(files):
         src = Source(f, filter_overlap=bool(ph.filter_overlap), num_negatives=ph.num_negatives)
         if mlm and src.kind not in accept:
             raise ValueError(f"{f}: {src.kind} records; MLM trains on raw or labelled text (a `text` field)")
-        if src.kind not in accept:
+        if src.kind == "labelled" and as_tuples:
+            src = ClassificationTuples(src, num_negatives=int(ph.num_negatives or 7), seed=int(ph.seed) + i)
+        elif src.kind not in accept:
             fits = [n for n, kinds in LOSSES.items() if src.kind in kinds]
             raise ValueError(f"{f}: {src.kind} records, which the loss {' + '.join(names)} does not train on "
                              f"(it takes {', '.join(sorted(accept))} records)"
                              + (f"; name a loss that does: loss = {fits}" if fits else "; raw text is for `train mlm`"))
-        if classification and src.kind == "labelled":
-            src = ClassificationTuples(src, num_negatives=int(ph.num_negatives or 7), seed=int(ph.seed) + i)
         out.append(src)
     return out
 
@@ -435,8 +427,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     device = dist.init_from_env(settings.get("device"))
     emb = _load(settings, device)
     model, cfg = emb.model, emb.config
-    kind = adapter_kind(task, {**settings, **settings.get("train", {}), **settings.get("overrides", {})})
-    if kind == "retrieval" and task in ("retrieval", "retrieval.query", "retrieval.passage") \
+    if _kind_by_name(task) == "retrieval" and task in ("retrieval", "retrieval.query", "retrieval.passage") \
             and "retrieval.query" in cfg.lora_adaptations:
         # The two retrieval adapters are trained jointly (queries through one, documents the other).
         q_task, d_task = cfg.lora_adaptations.index("retrieval.query"), cfg.lora_adaptations.index("retrieval.passage")
@@ -448,17 +439,17 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
             cfg.task_instructions[task] = instruction
         q_task = d_task = cfg.lora_adaptations.index(task)
     model.to(device)
-    phases = phase_settings("adapters", settings, kind)
+    phases = phase_settings("adapters", settings)
     _freeze(model, lora_parameters(model))
-    # The dev checks follow the adapter's own task types, whatever loss trains it (--objective).
-    served = _kind_by_name(task) or kind
     tasks = sorted({q_task, d_task})
 
     def build(ph):
         model.rotary_emb_base = float(ph.rotary_base)
         obj = Contrastive(cfg, q_task, d_task, tau=float(ph.tau), dims=_dims(ph, emb),
                           weights=ph.matryoshka_weights, anchor=float(ph.anchor), loss=ph.loss)
-        sources = _sources(ph.data, ph, classification=kind == "classification")
+        sources = _sources(ph.data, ph)
+        # the dev checks follow the task types the adapter serves, whatever loss trains it
+        served = ph.dev_kind or _kind_by_name(task) or "text-matching"
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
                  "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, Path(settings["output"]), log)}
         return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
