@@ -240,7 +240,30 @@ class Source:
         self.reader.load_state_dict(state["reader"])
 
 
-class ClassificationTuples:
+class Drawn:
+    """A source whose records are drawn at random rather than read in order: its own seeded RNG, which the
+    stream checkpoints. Subclasses set `kind` and `size` and draw in next()."""
+
+    kind = "raw"
+    batch_size: int | None = None  # rows per batch, when not the stream's
+
+    def __init__(self, name: str, seed: int = 0) -> None:
+        self.name = name
+        self.rng = random.Random(seed)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(_as_rng_state(state["rng"]))
+
+
+def _as_rng_state(state):
+    # random.Random states survive torch.save as nested tuples, but JSON would give lists.
+    return (state[0], tuple(state[1]), state[2])
+
+
+class ClassificationTuples(Drawn):
     """Labelled texts -> tuples (query, positive of the same class, `num_negatives` from other classes),
     with a unique tuple ID appended to every text of the tuple (the Gecko trick): same-class texts of other
     tuples in the batch then differ from this tuple's positive, so they stop acting as false negatives.
@@ -253,8 +276,8 @@ class ClassificationTuples:
     def __init__(self, source: Source, num_negatives: int = 7, seed: int = 0) -> None:
         if source.kind != "labelled":
             raise DataError(f"{source.path}: classification tuples need labelled data, got {source.kind}")
-        self.name, self.path = source.name, source.path
-        self.num_negatives = num_negatives
+        super().__init__(source.name, seed)
+        self.path, self.num_negatives = source.path, num_negatives
         self.by_label: dict[str, list[str]] = {}
         for _ in range(source.size):
             r = source.next()
@@ -265,7 +288,6 @@ class ClassificationTuples:
         if not any(len(v) >= 2 for v in self.by_label.values()):
             raise DataError(f"{source.path}: no label has two texts to pair")
         self.size = source.size
-        self.rng = random.Random(seed)
         self.counter = 0
 
     def next(self) -> dict:
@@ -279,16 +301,11 @@ class ClassificationTuples:
         return {"query": q, "positive": p, "negatives": negs}
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "counter": self.counter}
+        return {**super().state_dict(), "counter": self.counter}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.setstate(_as_rng_state(state["rng"]))
+        super().load_state_dict(state)
         self.counter = int(state["counter"])
-
-
-def _as_rng_state(state):
-    # random.Random states survive torch.save as nested tuples, but JSON would give lists.
-    return (state[0], tuple(state[1]), state[2])
 
 
 # --- the batch stream ------------------------------------------------------------------------------

