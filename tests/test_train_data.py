@@ -29,6 +29,20 @@ def test_detect_kind():
         detect_kind({"foo": 1})
 
 
+def test_a_bad_line_in_a_training_file_names_the_file(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    good = json.dumps({"query": "q", "positive": "p"}) + "\n"
+    f.write_text(good + "[1, 2]\n")
+    src = Source(f)
+    assert src.next() == {"query": "q", "positive": "p"}
+    said = r"pairs\.jsonl \(the line ending at byte \d+\): not a JSON record \(a JSON object"
+    with pytest.raises(DataError, match=said):
+        src.next()
+    f.write_text("{not json\n" + good)
+    with pytest.raises(DataError, match=r"pairs\.jsonl: not a JSON record"):
+        Source(f)
+
+
 def test_overlap_filter_rule():
     long_ = "The quick brown fox jumps over the lazy dog near the river bank"
     assert too_much_overlap("quick brown fox jumps", long_)  # 4 of 4 words

@@ -8,18 +8,23 @@ from pathlib import Path
 from typing import Any
 
 
+def parse_record(line: str | bytes, where: str) -> dict[str, Any]:
+    """One JSONL line as its record, or a ValueError naming `where` (file:line or file and byte)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not a JSON record ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: not a JSON record (a JSON object, {{...}})")
+    return record
+
+
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """The records of a JSONL file, blank lines skipped; a bad line names the file and line number."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not a JSON record ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{n}: not a JSON record (a JSON object, {{...}})")
-                yield record
+                yield parse_record(line, f"{path}:{n}")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

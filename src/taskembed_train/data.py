@@ -15,7 +15,6 @@ dict, which is what makes checkpoint resume exact.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taskembed.batching import plan_batches
+from taskembed.io import parse_record
 
 KINDS = ("pairs", "tuples", "scored", "labelled", "raw")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -81,8 +81,14 @@ class _JsonlReader:
         with open(self.path, "rb") as fh:
             for line in fh:
                 if line.strip():
-                    return json.loads(line)
+                    return self._parse(line, 0)
         raise DataError(f"{self.path} holds no records")
+
+    def _parse(self, line: bytes, offset: int) -> dict:
+        try:
+            return parse_record(line, f"{self.path} (the line ending at byte {offset})" if offset else str(self.path))
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     def next(self) -> dict:
         if self._fh is None:
@@ -94,10 +100,7 @@ class _JsonlReader:
                 line = self._fh.readline()
             if line:
                 self.offset = self._fh.tell()
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{self.path}: bad JSON near byte {self.offset}: {e}") from None
+                return self._parse(line, self.offset)
             self._fh.seek(0)
             self.offset, self.epoch = 0, self.epoch + 1
         raise DataError(f"{self.path} holds no records")
