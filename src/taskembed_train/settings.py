@@ -20,7 +20,9 @@ class Phase:
     warmup_steps: int = 0
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # 0: no clipping
-    max_seconds: float = 0.0  # > 0: the step count is cut to what fits (the LR still decays to 0)
+    # > 0: after 15 steps the step count is cut to what fits (the LR still decays to 0); one process only,
+    # since ranks would have to agree on the count
+    max_seconds: float = 0.0
     seed: int = 0
     # batches
     batch_size: int = 32
@@ -55,6 +57,8 @@ class Phase:
     dev_size: int = 150
     dev_dims: list[int] | None = None
     dev_kind: str | None = None  # adapters: the kind whose task types dev_data checks; default the task's
+    # a metric of the evaluations: the trained weights end where it was highest (the start included), so a
+    # run that drifts below its start is undone
     keep_best: str = ""
     # distillation (taskembed_train/distill.py)
     min_chars: int = 20
