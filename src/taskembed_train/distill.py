@@ -223,23 +223,23 @@ class LongDocs(Drawn):
 
 def sources(ph: Phase) -> tuple[list[TextPool | LongDocs], list[float]]:
     """The phase's short, long and detail sources and their weights (shares of the steps)."""
-    seed, min_chars, join = int(ph.seed), int(ph.min_chars), int(ph.join_chars)
+    seed, min_chars, join = ph.seed, ph.min_chars, ph.join_chars
     by_file = [ts for ts in (read_texts(f, min_chars=min_chars) for f in ph.data) if ts]
     texts = [t for ts in by_file for t in ts]
     if join and not ph.detail_data:  # documents rather than paragraphs: one inserted sentence is a needle
         texts = long_samples(by_file, random.Random(seed), len(texts), join)
-    insert_weight = float(ph.insert_weight)
+    insert_weight = ph.insert_weight
     insert = None
     if insert_weight:
         pool = [t for f in ph.insert_data or () for t in read_texts(f, min_chars=10)] \
             or [t for t in texts if 20 <= len(t) <= INSERT_MAX_CHARS] or texts
-        limit = int(ph.max_length) * 3  # characters: the sentence stays within what the model reads
+        limit = ph.max_length * 3  # characters: the sentence stays within what the model reads
 
         def insert(text: str, rng: random.Random) -> dict:
             return {"text": text, "inserted": insert_sentence(text, pool[rng.randrange(len(pool))], rng, limit)}
 
     out, weights = [], []
-    long_share, detail_share = float(ph.long_share), float(ph.detail_share)
+    long_share, detail_share = ph.long_share, ph.detail_share
     detail = bool(insert_weight and ph.detail_data)
     if detail and not (join and detail_share > 0):
         raise ValueError("detail_data needs insert_weight, join_chars and detail_share > 0")
@@ -251,14 +251,14 @@ def sources(ph: Phase) -> tuple[list[TextPool | LongDocs], list[float]]:
         weights.append(short_share)
     if long_share > 0:
         long_by = [ts for ts in (read_texts(f) for f in ph.long_data) if ts] if ph.long_data else by_file
-        length = int(ph.long_length)
+        length = ph.long_length
         # about 5 characters a token: the document fills its `length` tokens
-        out.append(LongDocs(long_by, length * 5, length, max(1, int(ph.long_tokens) // length), seed + 1))
+        out.append(LongDocs(long_by, length * 5, length, max(1, ph.long_tokens // length), seed + 1))
         weights.append(long_share)
     if detail:
         by_detail = [ts for ts in (read_texts(f) for f in ph.detail_data) if ts]
         docs = long_samples(by_detail, random.Random(seed), sum(map(len, by_detail)), join)
-        out.append(TextPool("detail", docs, seed + 2, batch_size=int(ph.detail_batch_size) or None, make=insert))
+        out.append(TextPool("detail", docs, seed + 2, batch_size=ph.detail_batch_size or None, make=insert))
         weights.append(detail_share)
     return out, weights
 

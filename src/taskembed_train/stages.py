@@ -79,8 +79,9 @@ def phase_settings(stage: str, settings: dict) -> list[Phase]:
                 raise ValueError(f"phase {ph.name!r} names no loss: give `loss = [...]` in [train] (or --set "
                                  f"loss=...), one or more of {', '.join(LOSSES)}")
             ph.loss = list(loss_names(ph.loss))
-        if ph.dev_kind is not None and ph.dev_kind not in {k.name for k in KINDS}:
-            raise ValueError(f"unknown dev_kind {ph.dev_kind!r}; choose one of {', '.join(k.name for k in KINDS)}")
+        kinds = [k.name for k in KINDS]
+        if ph.dev_kind is not None and ph.dev_kind not in kinds:
+            raise ValueError(f"unknown dev_kind {ph.dev_kind!r}; choose one of {', '.join(kinds)}")
         if ph.keep_best and not (ph.dev_data or ph.eval_data):
             raise ValueError(f"keep_best = {ph.keep_best!r} needs held-out data to choose by: give --dev-data "
                              "FILES (or eval_data), or --set keep_best=''")
@@ -88,10 +89,6 @@ def phase_settings(stage: str, settings: dict) -> list[Phase]:
             raise ValueError(f"phase {ph.name!r} has no data files (give `data = [...]` or --data)")
         out.append(ph)
     return out
-
-
-def _checkpoints(ph: Phase, output: Path) -> Path:
-    return output / "checkpoints" / ph.name
 
 
 def _set_dropout(model: torch.nn.Module, p: float | None) -> None:
@@ -123,7 +120,7 @@ def _run_phases(emb: Embedder, phases: list[Phase], output: Path, build: Callabl
         output.mkdir(parents=True, exist_ok=True)
         (output / SETTINGS_FILE).write_text(json.dumps([ph.to_dict() for ph in phases], indent=2) + "\n")
     for ph in phases:
-        ckpt = _checkpoints(ph, output)
+        ckpt = output / "checkpoints" / ph.name
         done = ckpt / "final.pt"
         if resume and done.is_file():
             log(f"[{ph.name}] already finished; loading its weights")
@@ -162,11 +159,11 @@ def _sources(files: list[str], ph: Phase, mlm: bool = False) -> list:
     as_tuples = "tuples" in accept and "labelled" not in accept
     out = []
     for i, f in enumerate(files):
-        src = Source(f, filter_overlap=bool(ph.filter_overlap), num_negatives=ph.num_negatives)
+        src = Source(f, filter_overlap=ph.filter_overlap, num_negatives=ph.num_negatives)
         if mlm and src.kind not in accept:
             raise ValueError(f"{f}: {src.kind} records; MLM trains on raw or labelled text (a `text` field)")
         if src.kind == "labelled" and as_tuples:
-            src = ClassificationTuples(src, num_negatives=int(ph.num_negatives or 7), seed=int(ph.seed) + i)
+            src = ClassificationTuples(src, num_negatives=int(ph.num_negatives or 7), seed=ph.seed + i)
         elif src.kind not in accept:
             fits = [n for n, kinds in LOSSES.items() if src.kind in kinds]
             raise ValueError(f"{f}: {src.kind} records, which the loss {' + '.join(names)} does not train on "
@@ -179,7 +176,7 @@ def _sources(files: list[str], ph: Phase, mlm: bool = False) -> list:
 def _longest_text(emb: Embedder, ph: Phase) -> Callable[[dict], int]:
     """A record's longest text in tokens (capped at max_length): what one row of a batch costs, for the
     `max_tokens` length buckets of every stage (an MLM text, a pair's longer side, a tuple's longest)."""
-    cap, tok = int(ph.max_length), emb.tokenizer
+    cap, tok = ph.max_length, emb.tokenizer
 
     def length(r: dict) -> int:
         return min(max(tok.count_tokens(record_texts(r))), cap)
@@ -188,9 +185,9 @@ def _longest_text(emb: Embedder, ph: Phase) -> Callable[[dict], int]:
 
 
 def _stream(sources: list, ph: Phase, length_fn=None) -> BatchStream:
-    return BatchStream(sources, batch_size=int(ph.batch_size), weights=ph.weights or None,
-                       seed=int(ph.seed), max_tokens=int(ph.max_tokens) or None, length_fn=length_fn,
-                       pool_batches=int(ph.pool_batches))
+    return BatchStream(sources, batch_size=ph.batch_size, weights=ph.weights or None,
+                       seed=ph.seed, max_tokens=ph.max_tokens or None, length_fn=length_fn,
+                       pool_batches=ph.pool_batches)
 
 
 def _eval_fn(emb: Embedder, ph: Phase, q_task: int, d_task: int, kind: str | None = None,
@@ -231,7 +228,7 @@ def _pair_check(emb: Embedder, ph: Phase, q_task: int, d_task: int) -> Callable[
 
     def encode(texts, task):
         name = names[task] if task >= 0 else None
-        return emb.encode(texts, task=name, max_length=int(ph.max_length))
+        return emb.encode(texts, task=name, max_length=ph.max_length)
 
     def run(step: int) -> dict:
         if src.kind in ("pairs", "tuples"):
@@ -256,8 +253,8 @@ def _dev_check(emb: Embedder, ph: Phase, kind: str, output: Path, log) -> Callab
     def run(step: int) -> dict:
         if not tasks:  # built on the first call, at the inference rotary base like every score
             tasks.extend(build_dev_tasks(ph.dev_data, kind, output / "dev-tasks" / ph.name,
-                                         lambda texts: emb.encode(list(texts), task=None), n=int(ph.dev_size),
-                                         seed=int(ph.seed)))
+                                         lambda texts: emb.encode(list(texts), task=None), n=ph.dev_size,
+                                         seed=ph.seed))
             base = score_dev_tasks(tasks, emb, adapter_override=None, dims=dims)
             log(f"[{ph.name}] dev tasks ({len(tasks)}), base model without adapter: "
                 + " ".join(f"{k} {v:.2f}" for k, v in base.items()))
@@ -325,10 +322,10 @@ def run_mlm(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, di
     _train_backbone_only(model, phases)
 
     def build(ph):
-        model.rotary_emb_base = float(ph.rotary_base)
+        model.rotary_emb_base = ph.rotary_base
         sources = _sources(ph.data, ph, mlm=True)
-        obj = MLM(emb.tokenizer, head, max_length=int(ph.max_length), prob=float(ph.mask_prob),
-                  seed=int(ph.seed), micro_tokens=int(ph.micro_tokens) or None)
+        obj = MLM(emb.tokenizer, head, max_length=ph.max_length, prob=ph.mask_prob,
+                  seed=ph.seed, micro_tokens=ph.micro_tokens or None)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"modules": {"head": head}}
 
     history = _run_phases(emb, phases, output, build, resume, log, head=head)
@@ -349,40 +346,40 @@ def run_distill(settings: dict, resume: bool = True, log=None) -> tuple[Embedder
     first = phases[0]
     teacher = Teacher.from_hf_dir(settings["teacher"])
     teacher.model.to(emb.device)
-    teacher.max_length = int(first.max_length)  # the fidelity checks read texts as the short batches do
+    teacher.max_length = first.max_length  # the fidelity checks read texts as the short batches do
     model = emb.model
     order = read_order(emb.path) if emb.path is not None else None
     if order is not None:  # the teacher's channel order while training; the student's own again on save
         model.permute_hidden(torch.argsort(torch.tensor(order)))
     _train_backbone_only(model, phases)
-    ev = read_texts(first.fidelity_data, int(first.fidelity_n)) if first.fidelity_data else []
+    ev = read_texts(first.fidelity_data, first.fidelity_n) if first.fidelity_data else []
     report: dict = {}
     if ev:
-        model.rotary_emb_base = float(first.rotary_base)
+        model.rotary_emb_base = first.rotary_base
         report["before"] = fidelity(model, teacher, ev)
-    if int(first.fold_positions):  # a resumed run's checkpoint then overwrites it
-        fold_into_student(model, teacher, int(first.fold_positions))
+    if first.fold_positions:  # a resumed run's checkpoint then overwrites it
+        fold_into_student(model, teacher, first.fold_positions)
 
     def build(ph):
-        model.rotary_emb_base = float(ph.rotary_base)
-        if float(ph.insert_weight):
+        model.rotary_emb_base = ph.rotary_base
+        if ph.insert_weight:
             # the inserted-sentence term compares two rows whose difference is small: different dropout masks
             # on them would be most of it
             _set_dropout(model, 0.0)
         srcs, weights = sources(ph)
-        obj = Distill(teacher, max_length=int(ph.max_length), insert_weight=float(ph.insert_weight),
-                      pooled_weight=float(ph.pooled_weight), seed=int(ph.seed),
-                      micro_tokens=int(ph.micro_tokens) or None)
-        return obj, BatchStream(srcs, batch_size=int(ph.batch_size), weights=weights, seed=int(ph.seed)), {}
+        obj = Distill(teacher, max_length=ph.max_length, insert_weight=ph.insert_weight,
+                      pooled_weight=ph.pooled_weight, seed=ph.seed,
+                      micro_tokens=ph.micro_tokens or None)
+        return obj, BatchStream(srcs, batch_size=ph.batch_size, weights=weights, seed=ph.seed), {}
 
     history = _run_phases(emb, phases, output, build, resume, log)
     if ev:
         for base in (10000.0, 20000.0):
             model.rotary_emb_base = base
             report[f"after@{int(base)}"] = fidelity(model, teacher, ev)
-            if float(first.long_share):
-                docs = long_samples([ev], random.Random(1), 16, int(first.long_length) * 5)
-                report[f"long@{int(base)}"] = long_fidelity(model, teacher, docs, int(first.long_length))
+            if first.long_share:
+                docs = long_samples([ev], random.Random(1), 16, first.long_length * 5)
+                report[f"long@{int(base)}"] = long_fidelity(model, teacher, docs, first.long_length)
     model.rotary_emb_base = emb.config.rotary_emb_base
     if order is not None:
         model.permute_hidden(torch.tensor(order))
@@ -403,8 +400,8 @@ def run_pairs(settings: dict, resume: bool = True, log=None) -> tuple[Embedder, 
     _train_backbone_only(model, phases)
 
     def build(ph):
-        model.rotary_emb_base = float(ph.rotary_base)
-        obj = Contrastive(emb.config, -1, -1, tau=float(ph.tau), dims=_dims(ph, emb),
+        model.rotary_emb_base = ph.rotary_base
+        obj = Contrastive(emb.config, -1, -1, tau=ph.tau, dims=_dims(ph, emb),
                           weights=ph.matryoshka_weights, loss=ph.loss)
         sources = _sources(ph.data, ph)
         return obj, _stream(sources, ph, _longest_text(emb, ph)), {"eval_fn": _eval_fn(emb, ph, -1, -1)}
@@ -419,8 +416,7 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
                  log=None) -> tuple[Embedder, dict]:
     emb, phases, output, log = _start("adapters", settings, log)
     model, cfg = emb.model, emb.config
-    if _kind_by_name(task) == "retrieval" and task in ("retrieval", "retrieval.query", "retrieval.passage") \
-            and "retrieval.query" in cfg.lora_adaptations:
+    if task in ("retrieval", "retrieval.query", "retrieval.passage") and "retrieval.query" in cfg.lora_adaptations:
         # The two retrieval adapters are trained jointly (queries through one, documents the other).
         q_task, d_task = cfg.lora_adaptations.index("retrieval.query"), cfg.lora_adaptations.index("retrieval.passage")
     else:
@@ -435,9 +431,9 @@ def run_adapters(settings: dict, task: str, instruction: str | None = None, resu
     tasks = sorted({q_task, d_task})
 
     def build(ph):
-        model.rotary_emb_base = float(ph.rotary_base)
-        obj = Contrastive(cfg, q_task, d_task, tau=float(ph.tau), dims=_dims(ph, emb),
-                          weights=ph.matryoshka_weights, anchor=float(ph.anchor), loss=ph.loss)
+        model.rotary_emb_base = ph.rotary_base
+        obj = Contrastive(cfg, q_task, d_task, tau=ph.tau, dims=_dims(ph, emb),
+                          weights=ph.matryoshka_weights, anchor=ph.anchor, loss=ph.loss)
         sources = _sources(ph.data, ph)
         # the dev checks follow the task types the adapter serves, whatever loss trains it
         served = ph.dev_kind or _kind_by_name(task) or "text-matching"
