@@ -9,7 +9,8 @@ Usage::
 Sources (nothing else; other documentation packages are reserved for evaluation):
 
 * LibreOffice help **training pages** (``not is_heldout("lohelp", page)``): en->X paragraph pairs, title ->
-  body pairs, index keyword -> page pairs, paragraphs labelled with their module, raw paragraphs.
+  body pairs, index keyword -> page pairs, section heading -> a window of the page holding it, paragraphs
+  labelled with their module, raw paragraphs.
 * man pages, **training pages** (``not is_heldout("manpage", "ls.1")``): NAME summary -> DESCRIPTION pairs,
   DESCRIPTIONs labelled with their section.
 * gettext catalogs (``.mo``) of Debian packages outside the held-out domains (``is_heldout("gettext",
@@ -166,7 +167,7 @@ def build_lohelp(w: Writer, suite_cache: Path) -> None:
         xx = en if lang == "en" else bs.load_lo(suite_cache, lang)
         code = bs.lo_code(lang).lower()
         pages = sorted(p for p in xx.pages if train_side("lohelp", p))
-        if lang != "en":
+        if bs.base_lang(lang) != "en":  # en-GB against en-US differs in spelling, not language
             pairs = []
             for page in pages:
                 if page not in en.pages:
@@ -200,6 +201,41 @@ def build_lohelp(w: Writer, suite_cache: Path) -> None:
         keywords = [{"query": kw, "positive": xx.doc_text(page)} for page, _, kw in xx.bookmarks
                     if page in xx.pages and train_side("lohelp", page) and xx.doc_text(page)]  # fmt: skip
         w.write(f"lohelp-index-{code}", keywords, "lohelp")
+        w.write(f"lohelp-section-{code}", section_windows(xx, en, pages, lang), "lohelp")
+
+
+SECTION_BEFORE = 400  # characters of the page before the heading: the section sits inside the window
+SECTION_WINDOW = 1500  # about one 512-token window of Latin-script text
+
+
+def section_windows(xx: bs.LOLang, en: bs.LOLang, pages: list[str], lang: str) -> Iterator[dict]:
+    """Section heading -> a window of its page that holds the section, not at the window's start.
+
+    A long page is read in windows, and a query about one of its later sections has to find the window that
+    holds it; title -> page pairs only teach the page's start. Only headings that occur in no other page (a
+    generic "Example" names no page) and, outside English, are translated.
+    """
+    count: dict[str, int] = {}
+    for page in pages:
+        for ident in xx.pages[page]["order"]:
+            if ident.startswith("hd_id"):
+                t = xx.pages[page]["units"][ident]
+                count[t] = count.get(t, 0) + 1
+    for page in pages:
+        info = xx.pages[page]
+        order = [i for i in info["order"] if info["units"][i] != info["title"]]
+        en_units = en.pages[page]["units"] if page in en.pages else {}
+        for k, ident in enumerate(order):
+            head = info["units"][ident]
+            if (not ident.startswith("hd_id") or count[head] != 1 or k == 0
+                    or (lang != "en" and en_units.get(ident) == head)):
+                continue
+            start, before = k, 0
+            while start > 0 and before < SECTION_BEFORE:
+                start -= 1
+                before += len(info["units"][order[start]]) + 1
+            window = " ".join(info["units"][i] for i in order[start:])
+            yield {"query": head, "positive": bs.truncate(window, SECTION_WINDOW)}
 
 
 # --- man pages (training pages) -----------------------------------------------------------------------
