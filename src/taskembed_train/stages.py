@@ -163,7 +163,7 @@ def _sources(files: list[str], ph: Phase, mlm: bool = False) -> list:
         if mlm and src.kind not in accept:
             raise ValueError(f"{f}: {src.kind} records; MLM trains on raw or labelled text (a `text` field)")
         if src.kind == "labelled" and as_tuples:
-            src = ClassificationTuples(src, num_negatives=int(ph.num_negatives or 7), seed=ph.seed + i)
+            src = ClassificationTuples(src, num_negatives=ph.num_negatives or 7, seed=ph.seed + i)
         elif src.kind not in accept:
             fits = [n for n, kinds in LOSSES.items() if src.kind in kinds]
             raise ValueError(f"{f}: {src.kind} records, which the loss {' + '.join(names)} does not train on "
