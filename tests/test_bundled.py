@@ -265,3 +265,30 @@ def test_provenance_commit_ignores_what_the_build_writes(tmp_path, monkeypatch):
     assert recipe._git_commit(tmp_path / "out") == head
     (tmp_path / "recipe.toml").write_text("a = 2")  # an uncommitted recipe: not what the commit holds
     assert recipe._git_commit(tmp_path / "out") == head + "+dirty"
+
+
+def test_shares_weight_each_data_pattern_by_its_share_not_its_size(tmp_path):
+    from taskembed_train.recipe import _share_weights
+
+    (tmp_path / "data").mkdir()
+    for name, n in (("big-a", 300), ("big-b", 100), ("small-a", 10)):
+        (tmp_path / "data" / f"{name}.jsonl").write_text('{"query": "q", "positive": "p"}\n' * n + "\n")
+    table = {"data": ["{data}/big-*.jsonl", "{data}/small-*.jsonl"], "shares": [0.7, 0.3]}
+    weights = _share_weights(table, tmp_path, "adapters.x")
+    np.testing.assert_allclose(weights, [0.7 * 3 / 4, 0.7 * 1 / 4, 0.3])
+    assert _share_weights({"data": table["data"]}, tmp_path, "adapters.x") is None  # by size, as before
+    for bad in ([0.7], [1, -1], [0, 0]):
+        with pytest.raises(RecipeError, match="shares: one non-negative number per data pattern"):
+            _share_weights({**table, "shares": bad}, tmp_path, "adapters.x")
+    with pytest.raises(RecipeError, match="matches no files but has a share"):
+        _share_weights({"data": [*table["data"], "{data}/none-*.jsonl"], "shares": [1, 1, 1]}, tmp_path, "adapters.x")
+
+
+def test_recipe_shares_reach_the_training_run(packages, tmp_path):
+    sources, _, _ = packages
+    spec = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS + "shares = [0.25, 0.75]\n"),
+                 tmp_path / "tiny", work=tmp_path / "work")
+    ran = json.loads((tmp_path / "work" / "adapters" / "retrieval" / "train_settings.json").read_text())
+    np.testing.assert_allclose(ran[0]["weights"], [0.25, 0.75])  # one file per pattern here
+    prov = json.loads((spec / "provenance.json").read_text())["adapters"]["retrieval"]
+    assert prov["settings"]["shares"] == [0.25, 0.75]

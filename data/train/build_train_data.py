@@ -202,6 +202,7 @@ def build_lohelp(w: Writer, suite_cache: Path) -> None:
                     if page in xx.pages and train_side("lohelp", page) and xx.doc_text(page)]  # fmt: skip
         w.write(f"lohelp-index-{code}", keywords, "lohelp")
         w.write(f"lohelp-section-{code}", section_windows(xx, en, pages, lang), "lohelp")
+        w.write(f"lohelp-sentence-{code}", sentence_windows(xx, en, pages, lang), "lohelp")
 
 
 SECTION_BEFORE = 400  # characters of the page before the heading: the section sits inside the window
@@ -236,6 +237,51 @@ def section_windows(xx: bs.LOLang, en: bs.LOLang, pages: list[str], lang: str) -
                 before += len(info["units"][order[start]]) + 1
             window = " ".join(info["units"][i] for i in order[start:])
             yield {"query": head, "positive": bs.truncate(window, SECTION_WINDOW)}
+
+
+SENTENCES_PER_PAGE = 2
+
+
+def sentence_windows(xx: bs.LOLang, en: bs.LOLang, pages: list[str], lang: str) -> Iterator[dict]:
+    """A sentence of a long page -> a window of the page that holds it at a random depth, with a window of
+    the same page that does not as the hard negative.
+
+    Pages over two windows long only. Every window shares the page's topic, so only the sentence itself
+    tells the two apart: a long text's vector has to keep what one of its sentences says, which topic-level
+    pairs (title -> page) never ask for. Outside English, translated pages and sentences only.
+    """
+    for page in pages:
+        info = xx.pages[page]
+        if lang != "en" and (page not in en.pages or xx.doc_text(page) == en.doc_text(page)):
+            continue
+        order = [i for i in info["order"] if info["units"][i] != info["title"]]
+        units = [info["units"][i] for i in order]
+        starts, at = [], 0
+        for u in units:
+            starts.append(at)
+            at += len(u) + 1
+        if at < 2 * SECTION_WINDOW:
+            continue
+        en_units = en.pages[page]["units"] if page in en.pages else {}
+        seen: dict[str, int] = {}
+        for u in units:
+            seen[u] = seen.get(u, 0) + 1
+        cjk = bs.base_lang(lang) in ("ja", "zh", "ko")
+        candidates = [k for k, (ident, u) in enumerate(zip(order, units, strict=True))
+                      if not ident.startswith("hd_id") and seen[u] == 1 and len(u) < SECTION_WINDOW // 3
+                      and (bs.n_words(u) >= 8 or (cjk and len(u) >= 30))
+                      and (lang == "en" or en_units.get(ident) != u)]  # fmt: skip
+        rng = random.Random(f"{SEED}:{lang}:{page}")
+        for k in rng.sample(candidates, min(SENTENCES_PER_PAGE, len(candidates))):
+            end = starts[k] + len(units[k])
+            holds = [j for j in range(k + 1) if end - starts[j] <= SECTION_WINDOW - 100]  # truncate cuts at a space
+            # a window that ends before the sentence, or starts after it and still reads a full window
+            apart = [j for j in range(len(units)) if (j < k and starts[k] - starts[j] >= SECTION_WINDOW)
+                     or (j > k and at - starts[j] >= SECTION_WINDOW)]  # fmt: skip
+            if not holds or not apart:
+                continue
+            window = [bs.truncate(" ".join(units[j:]), SECTION_WINDOW) for j in (rng.choice(holds), rng.choice(apart))]
+            yield {"query": units[k], "positive": window[0], "negatives": [window[1]]}
 
 
 # --- man pages (training pages) -----------------------------------------------------------------------

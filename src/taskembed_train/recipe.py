@@ -159,11 +159,36 @@ def write_order(recipe: dict, out: Path, threads: int, work: Path) -> dict:
 
 
 def _files(patterns: list[str], work: Path, section: str) -> list[str]:
+    return [f for group in _groups(patterns, work, section) for f in group]  # in the recipe's order
+
+
+def _groups(patterns: list[str], work: Path, section: str) -> list[list[str]]:
     patterns = [str(p).replace("{data}", str(work / "data")).replace("{root}", str(ROOT)) for p in patterns]
-    files = [f for pattern in patterns for f in sorted(glob.glob(pattern))]  # in the recipe's order
-    if not files:
+    groups = [sorted(glob.glob(pattern)) for pattern in patterns]
+    if not any(groups):
         raise RecipeError(f"[{section}] data {patterns} matches no files")
-    return files
+    return groups
+
+
+def _share_weights(table: dict, work: Path, section: str) -> list[float] | None:
+    """With `shares` (one per data pattern): one sampling weight per file, each pattern's share of the
+    batches split among its files by their records. A small source next to a large one would otherwise get
+    batches by its size alone."""
+    shares = table.get("shares")
+    if shares is None:
+        return None
+    groups = _groups(table["data"], work, section)
+    if len(shares) != len(groups) or any(not isinstance(x, int | float) or x < 0 for x in shares) or not sum(shares):
+        raise RecipeError(f"[{section}] shares: one non-negative number per data pattern ({len(groups)}), "
+                          f"got {shares}")
+    for pattern, group, share in zip(table["data"], groups, shares, strict=True):
+        if share and not group:
+            raise RecipeError(f"[{section}] data {pattern!r} matches no files but has a share")
+    weights = []
+    for group, share in zip(groups, shares, strict=True):
+        sizes = [sum(1 for line in Path(f).read_bytes().splitlines() if line.strip()) for f in group]
+        weights += [share * n / max(sum(sizes), 1) for n in sizes]
+    return weights
 
 
 RUN_KEY_FILE = "recipe-run.key"
@@ -186,7 +211,7 @@ def _read_key(run_dir: Path) -> str | None:
 
 def _train_table(table: dict) -> dict:
     """An [adapters.TASK] table's training settings (the rest say how the result ships)."""
-    return {k: v for k, v in table.items() if k not in ("instruction", "scale")}
+    return {k: v for k, v in table.items() if k not in ("instruction", "scale", "shares")}
 
 
 def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) -> dict:
@@ -217,6 +242,9 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
         for task, table in spec.items():
             files = _files(table["data"], work, f"adapters.{task}")
             train = {**_train_table(table), "data": files, "eval_every": 0}
+            weights = _share_weights(table, work, f"adapters.{task}")
+            if weights is not None:
+                train["weights"] = weights
             run_dir = work / "adapters" / task
             settings = {"model": tmp, "output": str(run_dir), "device": "cpu", "train": train}
             # A finished run of the same settings on the same data files (by sha256) is reused, as the data
