@@ -277,7 +277,7 @@ def test_shares_weight_each_data_pattern_by_its_share_not_its_size(tmp_path):
     weights = _share_weights(table, tmp_path, "adapters.x")
     np.testing.assert_allclose(weights, [0.7 * 3 / 4, 0.7 * 1 / 4, 0.3])
     assert _share_weights({"data": table["data"]}, tmp_path, "adapters.x") is None  # by size, as before
-    for bad in ([0.7], [1, -1], [0, 0]):
+    for bad in ([0.7], [1, -1], [0, 0], 0.5):
         with pytest.raises(RecipeError, match="shares: one non-negative number per data pattern"):
             _share_weights({**table, "shares": bad}, tmp_path, "adapters.x")
     with pytest.raises(RecipeError, match="matches no files but has a share"):
@@ -292,3 +292,8 @@ def test_recipe_shares_reach_the_training_run(packages, tmp_path):
     np.testing.assert_allclose(ran[0]["weights"], [0.25, 0.75])  # one file per pattern here
     prov = json.loads((spec / "provenance.json").read_text())["adapters"]["retrieval"]
     assert prov["settings"]["shares"] == [0.25, 0.75]
+    # a wrong share stops the build before the first table trains
+    bad = ADAPTERS + ADAPTERS.replace("[adapters.retrieval]", "[adapters.text-matching]") + "shares = [1]\n"
+    with pytest.raises(RecipeError, match="shares"):
+        build(write_recipe(tmp_path / "r.toml", sources, adapters=bad), tmp_path / "t2", work=tmp_path / "w2")
+    assert not (tmp_path / "w2" / "adapters").exists()

@@ -178,7 +178,8 @@ def _share_weights(table: dict, work: Path, section: str) -> list[float] | None:
     if shares is None:
         return None
     groups = _groups(table["data"], work, section)
-    if len(shares) != len(groups) or any(not isinstance(x, int | float) or x < 0 for x in shares) or not sum(shares):
+    numbers = isinstance(shares, list) and all(isinstance(x, int | float) and x >= 0 for x in shares)
+    if not numbers or len(shares) != len(groups) or not sum(shares):
         raise RecipeError(f"[{section}] shares: one non-negative number per data pattern ({len(groups)}), "
                           f"got {shares}")
     for pattern, group, share in zip(table["data"], groups, shares, strict=True):
@@ -235,6 +236,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             phase_settings("adapters", {"train": _train_table(table)})
         except ValueError as e:
             raise RecipeError(f"[adapters.{task}]: {e}") from None
+        _share_weights(table, work, f"adapters.{task}")
     torch.set_num_threads(threads)
     tensors, report = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
