@@ -102,12 +102,11 @@ def deep_sentences(docs: list[dict], per_page: int) -> list[tuple[str, int]]:
     needle test on real text (every window of a page shares its topic; only the sentence names the page)."""
     found = []
     for i, d in enumerate(docs):
-        start, sents = d["cut_char"], []
-        for s in SENTENCE_END.split(d["text"][d["cut_char"]:]):
+        sents = []
+        for s in SENTENCE_END.split(d["text"][d["cut_char"]:])[1:]:  # the first piece may start mid-sentence
             long_enough = len(s.split()) >= 8 or (len(s.split()) < 3 and len(s) >= 30)  # CJK: no spaces
-            if long_enough and len(s) < 400 and start > d["cut_char"]:
+            if long_enough and len(s) < 400:
                 sents.append(s.strip())
-            start += len(s) + 1
         sents = [s for s in sents if sum(s in other["text"] for other in docs) == 1]
         step = max(len(sents) // per_page, 1)
         found += [(s, i) for s in sents[step // 2 :: step][:per_page]]

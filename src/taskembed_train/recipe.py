@@ -185,9 +185,11 @@ def _share_weights(table: dict, work: Path, section: str) -> list[float] | None:
     for pattern, group, share in zip(table["data"], groups, shares, strict=True):
         if share and not group:
             raise RecipeError(f"[{section}] data {pattern!r} matches no files but has a share")
+    from .data import Source
+
     weights = []
     for group, share in zip(groups, shares, strict=True):
-        sizes = [sum(1 for line in Path(f).read_bytes().splitlines() if line.strip()) for f in group]
+        sizes = [Source(f).size for f in group]  # the records the loader's own default weights count
         weights += [share * n / max(sum(sizes), 1) for n in sizes]
     return weights
 
@@ -227,6 +229,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
     target.unlink(missing_ok=True)
     if not spec:
         return {}
+    weights: dict[str, list[float] | None] = {}
     for task, table in spec.items():  # every table checked before the first hour of training
         if not isinstance(table, dict) or not {"data", "loss", "steps"} <= set(table):
             raise RecipeError(f"[adapters.{task}] needs a table with 'data', 'loss' and a fixed 'steps'")
@@ -236,7 +239,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             phase_settings("adapters", {"train": _train_table(table)})
         except ValueError as e:
             raise RecipeError(f"[adapters.{task}]: {e}") from None
-        _share_weights(table, work, f"adapters.{task}")
+        weights[task] = _share_weights(table, work, f"adapters.{task}")
     torch.set_num_threads(threads)
     tensors, report = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,9 +247,8 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
         for task, table in spec.items():
             files = _files(table["data"], work, f"adapters.{task}")
             train = {**_train_table(table), "data": files, "eval_every": 0}
-            weights = _share_weights(table, work, f"adapters.{task}")
-            if weights is not None:
-                train["weights"] = weights
+            if weights[task] is not None:
+                train["weights"] = weights[task]
             run_dir = work / "adapters" / task
             settings = {"model": tmp, "output": str(run_dir), "device": "cpu", "train": train}
             # A finished run of the same settings on the same data files (by sha256) is reused, as the data
