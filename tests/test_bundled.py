@@ -59,13 +59,14 @@ def packages(tmp_path, monkeypatch):
     return sources, reference, tok
 
 
-def write_recipe(path: Path, sources: dict, pairs: int = 0, adapters: str = "") -> Path:
+def write_recipe(path: Path, sources: dict, pairs: int = 0, adapters: str = "", model: str = "",
+                 query_prefix: str = "query: ") -> Path:
     lines = ['name = "tiny"']
     for section in ("backbone", "tokenizer"):
         lines.append(f"[{section}]")
         lines += [f'{k} = "{v}"' for k, v in sources[section].items()]
-    lines += ["[model]", "matryoshka_dimensions = [8, 16, 32]", "window_overlap = 4",
-              "[prefixes]", '"retrieval.query" = "query: "', '"retrieval.passage" = "passage: "',
+    lines += ["[model]", "matryoshka_dimensions = [8, 16, 32]", "window_overlap = 4", model,
+              "[prefixes]", f'"retrieval.query" = "{query_prefix}"', '"retrieval.passage" = "passage: "',
               "[reorder]", f"pairs = {pairs}", f'data = ["{SAMPLES}/pairs_*.jsonl"]', "max_length = 64", adapters]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -172,6 +173,36 @@ def test_adapter_scale_reuses_the_finished_run_and_halves_the_update(packages, t
     other = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS.replace("steps = 3", "steps = 2")),
                   tmp_path / "c", work=tmp_path / "w")
     assert not json.loads((other / "provenance.json").read_text())["adapters"]["retrieval"]["reused_finished_run"]
+
+
+def test_a_changed_base_trains_again_instead_of_reusing_the_run(packages, tmp_path):
+    sources, _, _ = packages
+    build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS), tmp_path / "a", work=tmp_path / "w")
+    # the same table on a base with another query prefix: the finished run was trained on other texts
+    other = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS, query_prefix="q: "),
+                  tmp_path / "b", work=tmp_path / "w")
+    assert not json.loads((other / "provenance.json").read_text())["adapters"]["retrieval"]["reused_finished_run"]
+
+
+def test_recipe_lora_rank_sizes_the_trained_adapters(packages, tmp_path):
+    sources, reference, tok = packages
+    from safetensors.torch import load_file
+
+    spec = build(write_recipe(tmp_path / "r.toml", sources, adapters=ADAPTERS, model="lora_rank = 8\nlora_alpha = 2.0"),
+                 tmp_path / "tiny", work=tmp_path / "w")
+    cfg = json.loads((spec / "config.json").read_text())
+    assert (cfg["lora_rank"], cfg["lora_alpha"]) == (8, 2.0)
+    stored = load_file(str(spec / "adapters.safetensors"))
+    a = [v for k, v in stored.items() if k.endswith("lora_A")]
+    assert a and all(8 in v.shape for v in a)
+    emb = taskembed.load(spec)
+    trained = taskembed.load(tmp_path / "w" / "adapters" / "retrieval")
+    assert trained.config.lora_rank == 8
+    np.testing.assert_allclose(emb.encode(TEXTS, task="retrieval.query"),
+                               trained.encode(TEXTS, task="retrieval.query"), atol=2e-3)
+    # the untrained adapters of the wider rank are still no-ops
+    np.testing.assert_allclose(emb.encode(TEXTS, task="separation"), reference_encode(reference, tok, TEXTS),
+                               atol=1e-5)
 
 
 def test_release_adapters_need_fixed_steps(packages, tmp_path):

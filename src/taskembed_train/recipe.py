@@ -92,6 +92,9 @@ def write_config(recipe: dict, backbone: Path, tok_text: str, out: Path) -> None
     cfg.task_instructions = {t: recipe.get("prefixes", {}).get(t, "") for t in cfg.lora_adaptations}
     if "matryoshka_dimensions" in model:
         cfg.matryoshka_dimensions = list(model["matryoshka_dimensions"])
+    # The paper's adapters are rank 4 (alpha 1); a larger rank gives a frozen backbone's adapters more room.
+    cfg.lora_rank = int(model.get("lora_rank", cfg.lora_rank))
+    cfg.lora_alpha = float(model.get("lora_alpha", cfg.lora_alpha))
     cfg.extra.update({
         "converted_from": "intfloat/multilingual-e5-small",
         "window_overlap": int(model.get("window_overlap", 0)),
@@ -197,9 +200,10 @@ def _share_weights(table: dict, work: Path, section: str) -> list[float] | None:
 RUN_KEY_FILE = "recipe-run.key"
 
 
-def _run_key(train: dict, data_sha256: dict[str, str]) -> str:
-    """The settings of an adapter run and its data files' sha256, hashed."""
-    named = {**train, "data": list(data_sha256.items())}
+def _run_key(train: dict, data_sha256: dict[str, str], base_sha256: str) -> str:
+    """The settings of an adapter run, its data files' sha256 and the base it trains on (config and channel
+    order: prefixes, LoRA rank...), hashed."""
+    named = {**train, "data": list(data_sha256.items()), "base": base_sha256}
     return hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -242,6 +246,10 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
         weights[task] = _share_weights(table, work, f"adapters.{task}")
     torch.set_num_threads(threads)
     tensors, report = {}, {}
+    base = hashlib.sha256()
+    for name in ("config.json", "channel_order.json"):
+        if (out / name).is_file():
+            base.update(name.encode() + (out / name).read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
         bundled.assemble(out, Path(tmp))
         for task, table in spec.items():
@@ -254,7 +262,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             # A finished run of the same settings on the same data files (by sha256) is reused, as the data
             # step reuses its files; anything else trains from scratch.
             data_sha256 = {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
-            key = _run_key(train, data_sha256)
+            key = _run_key(train, data_sha256, base.hexdigest())
             reuse = _read_key(run_dir) == key
             if not reuse:
                 shutil.rmtree(run_dir, ignore_errors=True)
