@@ -10,12 +10,13 @@ package files the backbone and tokenizer come from; `taskembed.load` assembles t
   sources     the backbone and tokenizer files of the installed pinned packages, with their sha256; the
               tokenizer is copied into the folder (xz), so using the model needs only the backbone's package
   config      the backbone's config (learned positions kept) with the recipe's task prefixes, Matryoshka
-              sizes and long-text windows
+              sizes, long-text windows and LoRA rank/alpha
   reorder     Matryoshka channel order measured on the recipe's (query, passage) pairs ([reorder] pairs > 0):
               an exact permutation, full-size scores unchanged
   adapters    ([adapters.TASK] tables) Stage III on the frozen backbone, a fixed number of steps each; the
               trained tasks' LoRA slices go to adapters.safetensors (fp16), times `scale`; the other adapters
-              stay no-ops. A finished run in WORK with the same settings and data sha256 is reused
+              stay no-ops. A finished run in WORK with the same settings, data sha256 and base config is
+              reused
   provenance  git commit, package versions and hashes, every resolved setting, steps run
 
 Nothing reads a previous release: the same recipe, packages and data give the same folder.
