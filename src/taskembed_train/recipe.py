@@ -260,8 +260,8 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
                 train["weights"] = weights[task]
             run_dir = work / "adapters" / task
             settings = {"model": tmp, "output": str(run_dir), "device": "cpu", "train": train}
-            # A finished run of the same settings on the same data files (by sha256) is reused, as the data
-            # step reuses its files; anything else trains from scratch.
+            # A finished run of the same settings on the same data files (by sha256) and the same base is
+            # reused, as the data step reuses its files; anything else trains from scratch.
             data_sha256 = {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
             key = _run_key(train, data_sha256, base.hexdigest())
             reuse = _read_key(run_dir) == key
