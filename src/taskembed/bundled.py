@@ -92,7 +92,8 @@ def read_tokenizer(spec: Path, source: dict) -> str:
     return data.decode("utf-8")
 
 
-def _key(spec: Path) -> str:
+def input_key(spec: Path) -> str:
+    """A hash of the files of recipe folder `spec` that decide the model assembled from it."""
     h = hashlib.sha256(_BUILD_FORMAT.encode())
     for name in _INPUTS:
         f = spec / name
@@ -104,7 +105,7 @@ def materialize(spec: str | Path) -> Path:
     """The assembled model folder for recipe folder `spec`, built on first call, then read from the cache."""
     spec = Path(spec)
     # The folder keeps the model's own name (servers and reports show it), one level under its key.
-    out = cache_root() / _key(spec) / spec.name
+    out = cache_root() / input_key(spec) / spec.name
     if (out / "model.safetensors").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -202,8 +202,8 @@ RUN_KEY_FILE = "recipe-run.key"
 
 
 def _run_key(train: dict, data_sha256: dict[str, str], base_sha256: str) -> str:
-    """The settings of an adapter run, its data files' sha256 and the base it trains on (config and channel
-    order: prefixes, LoRA rank...), hashed."""
+    """The settings of an adapter run, its data files' sha256 and the base it trains on (the recipe folder's
+    inputs: packages, prefixes, channel order, LoRA rank...), hashed."""
     named = {**train, "data": list(data_sha256.items()), "base": base_sha256}
     return hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -247,10 +247,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
         weights[task] = _share_weights(table, work, f"adapters.{task}")
     torch.set_num_threads(threads)
     tensors, report = {}, {}
-    base = hashlib.sha256()
-    for name in ("config.json", "channel_order.json"):
-        if (out / name).is_file():
-            base.update(name.encode() + (out / name).read_bytes())
+    base = bundled.input_key(out)  # adapters.safetensors is gone, so: the base the tables train on
     with tempfile.TemporaryDirectory() as tmp:
         bundled.assemble(out, Path(tmp))
         for task, table in spec.items():
@@ -263,7 +260,7 @@ def write_adapters(recipe: dict, out: Path, threads: int, work: Path, log=None) 
             # A finished run of the same settings on the same data files (by sha256) and the same base is
             # reused, as the data step reuses its files; anything else trains from scratch.
             data_sha256 = {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
-            key = _run_key(train, data_sha256, base.hexdigest())
+            key = _run_key(train, data_sha256, base)
             reuse = _read_key(run_dir) == key
             if not reuse:
                 shutil.rmtree(run_dir, ignore_errors=True)
